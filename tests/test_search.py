@@ -1,0 +1,135 @@
+"Search engine: second-order gradient against exact autograd, resume equality, failure handling."
+import copy, json
+from dataclasses import replace
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from stacvs.search import SearchConfig, Search, search, NonFiniteLossError
+
+TINY = SearchConfig(dataset='digits', layers=3, channels=4, epochs=2, batch_size=16, fraction=0.2,
+                    max_steps_per_epoch=3, progress=False, eval_valid=False)
+
+
+def _batches(s, n=2):
+    it = iter(s.train_loader)
+    return [next(it) for _ in range(n)]
+
+
+def _double_search(**kw):
+    torch.manual_seed(0)
+    s = Search(replace(TINY, second_order=True, space='s2', **kw))
+    s.model.double()
+    return s
+
+
+def _loss_fn(model, names):
+    def loss(params, alphas, x, y):
+        full = dict(zip(names, params)); full.update(alpha_normal=alphas[0], alpha_reduce=alphas[1])
+        return F.cross_entropy(functional_call(model, full, (x,)), y)
+    return loss
+
+
+def test_hvp_matches_exact_autograd():
+    s = _double_search(hvp_r=1e-6)
+    (x, y), _ = _batches(s)
+    x = x.double()
+    names = [n for n, p in s.model.named_parameters() if not n.startswith('alpha_')]
+    loss = _loss_fn(copy.deepcopy(s.model), names)
+    w = [p.detach().clone() for p in s.model.weights()]
+    a = [p.detach().clone().requires_grad_() for p in s.model.alphas()]
+    v = [torch.randn_like(p) for p in w]
+    wg = [p.clone().requires_grad_() for p in w]
+    gw = torch.autograd.grad(loss(wg, a, x, y), wg, create_graph=True)
+    exact = torch.autograd.grad(sum((g * d).sum() for g, d in zip(gw, v)), a)
+    fd = s.hessian_vector_product(w, v, x, y)
+    for e, f in zip(exact, fd):
+        torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-7)
+
+
+def test_second_order_alpha_gradient_matches_unrolled_autograd():
+    "∇α L_val(w − η∇w L_train(w, α), α), differentiated exactly through the virtual step."
+    s = _double_search(hvp_r=1e-6, w_momentum=0.0)
+    (x, y), (xv, yv) = _batches(s)
+    x, xv = x.double(), xv.double()
+    names = [n for n, p in s.model.named_parameters() if not n.startswith('alpha_')]
+    loss = _loss_fn(copy.deepcopy(s.model), names)
+    group = s.w_optimizer.param_groups[0]
+    eta, wd = group['lr'], group['weight_decay']
+    w = [p.detach().clone() for p in s.model.weights()]
+    a = [p.detach().clone().requires_grad_() for p in s.model.alphas()]
+    wg = [p.clone().requires_grad_() for p in w]
+    gw = torch.autograd.grad(loss(wg, a, x, y), wg, create_graph=True)
+    unrolled = [p - eta * (g + wd * p) for p, g in zip(wg, gw)]
+    exact = torch.autograd.grad(loss(unrolled, a, xv, yv), a)
+    fd, _, _ = s.second_order_alpha_grad(xv, yv, x, y)
+    for e, f in zip(exact, fd):
+        torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-8)
+    for p, p0 in zip(s.model.weights(), w):  # the weights are restored
+        assert torch.equal(p, p0)
+
+
+class KillAt:
+    def __init__(self, step): self.step = step
+    def on_step_end(self, s):
+        if s.global_step == self.step: raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize('method,second_order,checkpoint_every,kill', [
+    ('darts', False, 0, 5), ('one-level', False, 0, 4), ('darts', True, 1, 5), ('one-level', False, 2, 5)])
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, method, second_order, checkpoint_every, kill):
+    cfg = replace(TINY, method=method, second_order=second_order, checkpoint_every=checkpoint_every, epochs=3)
+    full = search(replace(cfg, out=str(tmp_path / 'full')))
+    killed = replace(cfg, out=str(tmp_path / 'killed'))
+    with pytest.raises(KeyboardInterrupt):
+        Search(killed, [KillAt(kill)]).run()
+    resumed = search(replace(killed, resume=True))
+    assert resumed['alpha_normal'] == full['alpha_normal'] and resumed['alpha_reduce'] == full['alpha_reduce']
+    assert resumed['genotype'] == full['genotype']
+    log = [json.loads(l) for l in open(tmp_path / 'killed' / 'log.jsonl')]
+    assert [r['epoch'] for r in log] == [1, 2, 3]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = replace(TINY, out=str(tmp_path), epochs=1)
+    search(cfg)
+    with pytest.raises(ValueError, match='layers'):
+        search(replace(cfg, layers=4, resume=True))
+
+
+class Corrupt:
+    def on_step_end(self, s):
+        if s.global_step == 4:
+            with torch.no_grad(): s.model.classifier.weight.fill_(float('nan'))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = replace(TINY, out=str(tmp_path), epochs=3)
+    with pytest.raises(NonFiniteLossError, match='non-finite loss'):
+        Search(cfg, [Corrupt()]).run()
+    state = torch.load(tmp_path / 'checkpoint.pt', weights_only=False)
+    assert state['epoch'] == 1
+    assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
+
+
+def test_search_is_deterministic():
+    a, b = search(replace(TINY, epochs=1)), search(replace(TINY, epochs=1))
+    assert a['alpha_normal'] == b['alpha_normal']
+
+
+def test_one_level_moves_alpha_and_bilevel_first_order_leaves_weight_grads_out():
+    s = Search(replace(TINY))
+    (x, y), (xv, yv) = _batches(s)
+    grads, _, _ = s.first_order_alpha_grad(xv, yv)
+    assert all(p.grad is None for p in s.model.weights())  # no weight gradients computed in the α step
+    assert all(g.abs().sum() > 0 for g in grads)
+    before = s.model.alpha_normal.detach().clone()
+    s.one_level_step(x, y)
+    assert not torch.equal(before, s.model.alpha_normal)
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="unknown search space 'nope'"):
+        SearchConfig(space='nope')
+    with pytest.raises(ValueError, match='unknown search method'):
+        SearchConfig(method='pc-darts')
