@@ -30,6 +30,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'stacvs.cli.cmd_search': ('cli.html#cmd_search', 'stacvs/cli.py'),
                             'stacvs.cli.cmd_train': ('cli.html#cmd_train', 'stacvs/cli.py'),
                             'stacvs.cli.config_from_args': ('cli.html#config_from_args', 'stacvs/cli.py'),
+                            'stacvs.cli.console_entry': ('cli.html#console_entry', 'stacvs/cli.py'),
                             'stacvs.cli.main': ('cli.html#main', 'stacvs/cli.py')},
             'stacvs.data': { 'stacvs.data.ArrayLoader': ('data.html#arrayloader', 'stacvs/data.py'),
                              'stacvs.data.ArrayLoader.__init__': ('data.html#arrayloader.__init__', 'stacvs/data.py'),
