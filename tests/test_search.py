@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
-from stacvs.search import SearchConfig, Search, search, NonFiniteLossError
+from stacvs.search import SearchConfig, Search, search
+from stacvs.runs import NonFiniteLossError
 
 TINY = SearchConfig(dataset='digits', layers=3, channels=4, epochs=2, batch_size=16, fraction=0.2,
                     max_steps_per_epoch=3, progress=False, eval_valid=False)
