@@ -68,15 +68,15 @@ def time_in_subprocess(case: BenchCase, steps: int = 5, warmup: int = 1, threads
     return row
 
 # %% ../nbs/08a_bench.ipynb #b0049fd0
-def _case(name, method, second_order, channels, layers, batch, size, space, ref_s, ref_gb):
-    cfg = SearchConfig(method=method, second_order=second_order, channels=channels, layers=layers,
+def _case(name, optimization, second_order, channels, layers, batch, size, space, ref_s, ref_gb):
+    cfg = SearchConfig(optimization=optimization, second_order=second_order, channels=channels, layers=layers,
                        batch_size=batch, space=space)
     return BenchCase(name, cfg, size, ref_s, ref_gb)
 
 PAPER_CPU_CASES = [
-    _case('darts-1st-c16-l8-b64', 'darts', False, 16, 8, 64, 32, 'darts', 31.5, 9.8),
-    _case('darts-2nd-c16-l8-b64', 'darts', True, 16, 8, 64, 32, 'darts', 70.2, 12.9),
-    _case('darts-1st-c4-l3-b16', 'darts', False, 4, 3, 16, 16, 'darts', 0.89, 0.79),
+    _case('darts-1st-c16-l8-b64', 'bilevel', False, 16, 8, 64, 32, 'darts', 31.5, 9.8),
+    _case('darts-2nd-c16-l8-b64', 'bilevel', True, 16, 8, 64, 32, 'darts', 70.2, 12.9),
+    _case('darts-1st-c4-l3-b16', 'bilevel', False, 4, 3, 16, 16, 'darts', 0.89, 0.79),
     _case('stacnas-s1-c16-l8-b64', 'one-level', False, 16, 8, 64, 32, 'stacnas_stage1', 7.0, 6.1),
     _case('stacnas-s1-c16-l14-b64', 'one-level', False, 16, 14, 64, 32, 'stacnas_stage1', 10.7, 9.9),
     _case('stacnas-s1-c4-l3-b16', 'one-level', False, 4, 3, 16, 16, 'stacnas_stage1', 0.22, 0.75),

@@ -50,14 +50,16 @@ class SearchCell(nn.Module):
         self.inputs = edge_inputs(nodes)
         self.edges = nn.ModuleList(MixedOp(C, 2 if reduction and inp < 2 else 1, ops)
                                    for (_, inp), ops in zip(self.inputs, edges))
-        self.node_norms = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(nodes)) if node_norm else None
+        # without node normalization an Identity stands in, so every node's output has a module to hook (diagnostics)
+        self.node_norms = nn.ModuleList(nn.BatchNorm2d(C, affine=False) if node_norm else nn.Identity()
+                                        for _ in range(nodes))
 
     def forward(self, s0, s1, weights): # weights: (n_edges, max_ops) mixing weights for this cell
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in range(self.nodes):
             s = sum(self.edges[e](states[inp], weights[e])
                     for e, (n, inp) in enumerate(self.inputs) if n == node)
-            states.append(self.node_norms[node](s) if self.node_norms is not None else s)
+            states.append(self.node_norms[node](s))
         return torch.cat(states[2:], dim=1)
 
 # %% ../nbs/03_cells.ipynb #eebb6ed5

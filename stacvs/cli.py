@@ -9,30 +9,45 @@ from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['add_config_arguments', 'config_from_args', 'cmd_search', 'cmd_train', 'cmd_genotype', 'cmd_bench', 'build_parser',
-           'main', 'console_entry']
+__all__ = ['ALIASES', 'add_config_arguments', 'config_from_args', 'cmd_search', 'cmd_train', 'cmd_genotype', 'cmd_bench',
+           'build_parser', 'main', 'console_entry']
 
 # %% ../nbs/15_cli.ipynb #1ffec21c
+def _first_parse(types_):
+    "A parser trying each type in turn: `int | str` reads '8' as 8 and 'auto' as 'auto'."
+    def parse(text):
+        for t in types_:
+            try: return t(text)
+            except ValueError: pass
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {' or '.join(t.__name__ for t in types_)}")
+    parse.__name__ = ' or '.join(t.__name__ for t in types_)
+    return parse
+
 def _base_type(hint):
-    "The type an option parses to: `float | None` → float."
+    "The type an option parses to: `float | None` → float, `int | str` → int, else str."
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next(a for a in typing.get_args(hint) if a is not type(None))
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else _first_parse(args)
     return hint
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip=()):
+ALIASES = {'w_weight_decay': ('--weight-decay',)}  # R-DARTS(L2) is "DARTS with a larger --weight-decay"
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip=(),
+                         only_given: bool = False): # leave options not given out of the namespace (presets fill them)
     "Add one option per field of the dataclass `config_cls`, with its default and documented meaning."
     hints, docs = typing.get_type_hints(config_cls), docments(config_cls)
     for f in dataclasses.fields(config_cls):
         if f.name in skip: continue
-        flag, hint = '--' + f.name.replace('_', '-'), _base_type(hints[f.name])
+        flags, hint = ['--' + f.name.replace('_', '-'), *ALIASES.get(f.name, ())], _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{docs.get(f.name) or ''} (default: {default})".strip()
-        if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        help_text = f"{docs.get(f.name) or ''} (default: {default}{', or the method preset' if only_given else ''})"
+        kw = dict(default=argparse.SUPPRESS if only_given else default, help=help_text.strip())
+        if hint is bool: parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(hint) is tuple:
             args = typing.get_args(hint)
-            parser.add_argument(flag, type=args[0], nargs=len(args), default=default, help=help_text)
-        else: parser.add_argument(flag, type=hint, default=default, help=help_text)
+            nargs = '+' if args[-1] is Ellipsis else len(args)
+            parser.add_argument(*flags, type=args[0], nargs=nargs, **kw)
+        else: parser.add_argument(*flags, type=hint, **kw)
 
 def config_from_args(config_cls, args: argparse.Namespace, **extra):
     "Build `config_cls` from parsed options (options that are not fields are ignored)."
@@ -45,11 +60,15 @@ def _default_out(kind, args, *parts):
     return str(Path('runs') / '-'.join([kind, *map(str, parts), f"seed{args.seed}"]))
 
 def cmd_search(args):
-    from stacvs.search import SearchConfig, search
-    if args.out is None: args.out = _default_out('search', args, args.method, args.dataset)
-    result = search(config_from_args(SearchConfig, args))
+    from stacvs.methods import run_method
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+             if k not in ('command', 'func', 'method')}
+    if 'out' not in given:
+        given['out'] = _default_out('search', argparse.Namespace(seed=given.get('seed', 0)), args.method,
+                                    given.get('dataset', 'cifar10'))
+    result = run_method(args.method, **given)
     print(json.dumps(result['genotype'], indent=1 if isinstance(result['genotype'], list) else None))
-    print(f"search finished: results, log, checkpoint and cell diagrams in {args.out}")
+    print(f"{args.method} search finished: results, logs, checkpoints and cell diagrams in {given['out']}")
     return result
 
 def cmd_train(args):
@@ -98,10 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     "The `stacvs` argument parser."
     from stacvs.search import SearchConfig
     from stacvs.train import TrainConfig
+    from stacvs.methods import METHOD_PRESETS, TwoStageConfig
     parser = argparse.ArgumentParser(prog='stacvs', description="Stable differentiable NAS: DARTS, StacNAS, VS-DARTS.")
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('search', help='run an architecture search', description='Run an architecture search.')
-    add_config_arguments(p, SearchConfig); p.set_defaults(func=cmd_search)
+    p.add_argument('--method', choices=sorted(METHOD_PRESETS), default='darts',
+                   help='darts, stacnas (two stages, one-level), vsdarts, or stacvs (both papers) (default: darts)')
+    add_config_arguments(p, SearchConfig, only_given=True)
+    add_config_arguments(p.add_argument_group('two-stage methods (stacnas, stacvs)'), TwoStageConfig, only_given=True)
+    p.set_defaults(func=cmd_search)
     p = sub.add_parser('train', help='train a final network from a genotype', description='Train a genotype.')
     add_config_arguments(p, TrainConfig); p.set_defaults(func=cmd_train)
     p = sub.add_parser('genotype', help='show, plot or count a genotype', description='Show, plot or count a genotype.')

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 # %% auto #0
-__all__ = ['RELAXATIONS', 'at_least_fp32', 'Relaxation', 'Softmax', 'register_relaxation', 'get_relaxation']
+__all__ = ['RELAXATIONS', 'at_least_fp32', 'Relaxation', 'Softmax', 'register_relaxation', 'get_relaxation', 'SqrtSoftmax']
 
 # %% ../nbs/02_relaxations.ipynb #b87b7305
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -43,3 +43,14 @@ def get_relaxation(relaxation: str | Relaxation) -> Relaxation:
     if relaxation not in RELAXATIONS:
         raise ValueError(f"unknown relaxation {relaxation!r}; known relaxations: {sorted(RELAXATIONS)}")
     return RELAXATIONS[relaxation]()
+
+# %% ../nbs/02_relaxations.ipynb #9b81847a
+class SqrtSoftmax(Relaxation):
+    "VS-DARTS √β: the square root of softmax(α), so mixing independent unit-variance outputs keeps unit variance."
+    name = 'sqrt'
+    def mixing_weights(self, alpha):
+        beta = torch.softmax(at_least_fp32(alpha), dim=-1)
+        positive = beta > 0
+        return torch.where(positive, torch.where(positive, beta, 1.).sqrt(), 0.)
+
+register_relaxation(SqrtSoftmax)

@@ -12,26 +12,27 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .spaces import get_space, space_to_dict
 from .cells import Supernet, CELL_TYPES
+from .larc import LARC
 from .genotypes import derive_genotype, genotype_to_dict, save_cell_diagrams
 from .data import search_loaders, get_dataset_info, ForeverIterator
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, resolve_device,
                          progress, NonFiniteLossError, check_finite, evaluate)
 
 # %% auto #0
-__all__ = ['METHODS', 'SearchConfig', 'Search', 'search']
+__all__ = ['OPTIMIZATIONS', 'SearchConfig', 'weight_optimizer', 'Search', 'search']
 
 # %% ../nbs/08_search.ipynb #1ee56f03
-METHODS = ('darts', 'one-level')
+OPTIMIZATIONS = ('bilevel', 'one-level')
 
 @dataclass
 class SearchConfig:
     "Everything that defines a search run; defaults follow DARTS (reference §3)."
-    method: str = 'darts' # 'darts' (bilevel, α on a held-out split) or 'one-level' (α and weights on one batch)
+    optimization: str = 'bilevel' # 'bilevel' (DARTS: α on a held-out split) or 'one-level' (StacNAS: α and weights on one batch)
     second_order: bool = False # bilevel only: unrolled (second-order) α gradient
     space: str = 'darts' # a registered search space
     dataset: str = 'cifar10'
     data_root: str | None = None
-    layers: int = 8
+    layers: int | str = 8 # cells; 'auto' only in two-stage methods (depth matched by gradient confusion)
     channels: int = 16
     stem_multiplier: int = 3
     epochs: int = 50
@@ -47,8 +48,10 @@ class SearchConfig:
     a_lr: float = 3e-4
     a_betas: tuple[float, float] = (0.5, 0.999)
     a_weight_decay: float = 1e-3
-    relaxation: str = 'softmax'
-    node_norm: bool = False
+    relaxation: str = 'softmax' # 'softmax' (DARTS) or 'sqrt' (VS-DARTS √β)
+    node_norm: bool = False # VS-DARTS node normalization
+    larc: bool = False # VS-DARTS: LARC (clip mode) around the weight optimizer, after the grad-norm clip
+    larc_trust: float = 0.02 # LARC trust coefficient
     alpha_per_cell: bool = False
     derive: str = 'softmax' # genotype ranking: 'softmax' (DARTS) or 'raw' α (StacNAS code)
     hvp_r: float = 0.01 # second order: finite-difference radius numerator (R = r / ‖∇w' L_val‖)
@@ -64,21 +67,30 @@ class SearchConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown search method {self.method!r}; expected one of {METHODS}")
-        if self.second_order and self.method != 'darts':
-            raise ValueError("second_order=True needs the bilevel method 'darts' (one-level search has no unrolling)")
-        if self.w_grad_clip is None: self.w_grad_clip = 5.0 if self.method == 'darts' else 3.0
+        if self.optimization not in OPTIMIZATIONS:
+            raise ValueError(f"unknown optimization {self.optimization!r}; expected one of {OPTIMIZATIONS}")
+        if self.second_order and not self.bilevel:
+            raise ValueError("second_order=True needs optimization='bilevel' (one-level search has no unrolling)")
+        if not (isinstance(self.layers, int) or self.layers == 'auto'):
+            raise ValueError(f"layers must be a number of cells or 'auto', not {self.layers!r}")
+        if self.w_grad_clip is None: self.w_grad_clip = 5.0 if self.bilevel else 3.0
         self.a_betas = tuple(self.a_betas)
         get_space(self.space)  # fail early on an unknown space
 
     @property
-    def bilevel(self) -> bool: return self.method == 'darts'
+    def bilevel(self) -> bool: return self.optimization == 'bilevel'
 
 # %% ../nbs/08_search.ipynb #ab2a041b
+def weight_optimizer(params, config: SearchConfig) -> torch.optim.Optimizer:
+    "SGD on the network weights, wrapped in LARC when `config.larc` (VS-DARTS; α never goes through LARC)."
+    sgd = torch.optim.SGD(params, config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay)
+    return LARC(sgd, trust_coefficient=config.larc_trust, clip=True) if config.larc else sgd
+
 class Search:
     "A DARTS-family architecture search: build from a `SearchConfig`, then `run()`."
     def __init__(self, config: SearchConfig, callbacks=(), model: Supernet | None = None, loaders=None):
+        if not isinstance(config.layers, int):
+            raise ValueError(f"layers={config.layers!r} needs a two-stage method (stacnas, stacvs); give a number of cells")
         self.config, self.callbacks = config, list(callbacks)
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
@@ -91,8 +103,7 @@ class Search:
                                         config.stem_multiplier, self.info.in_channels, config.relaxation,
                                         config.alpha_per_cell, config.node_norm)).to(self.device)
         if config.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
-        self.w_optimizer = torch.optim.SGD(self.model.weights(), config.w_lr, momentum=config.w_momentum,
-                                           weight_decay=config.w_weight_decay)
+        self.w_optimizer = weight_optimizer(self.model.weights(), config)
         self.a_optimizer = torch.optim.Adam(self.model.alphas(), config.a_lr, betas=config.a_betas,
                                             weight_decay=config.a_weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
@@ -101,6 +112,7 @@ class Search:
         self.train_iter = ForeverIterator(self.train_loader)
         self.valid_iter = ForeverIterator(self.valid_loader) if self.valid_loader is not None else None
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.should_stop = False  # a callback (e.g. DARTS-ES) sets it to end the search after this epoch
         self.run_dir = RunDir(config.out) if config.out else None
 
 # %% ../nbs/08_search.ipynb #e8e32e27
@@ -283,14 +295,14 @@ def epoch_record(self: Search, stats: dict, seconds: float) -> dict:
 
 @patch
 def _start(self: Search):
+    "Write the config (refusing to overwrite an earlier run), or with `resume` continue from its checkpoint."
     c, rd = self.config, self.run_dir
-    config = to_jsonable(asdict(c))
-    if rd and c.resume and rd.has_checkpoint:
-        rd.check_resumable(config)
-        self.load_state_dict(rd.load_checkpoint())
+    if not rd: return
+    config = dict(to_jsonable(asdict(c)), space_definition=space_to_dict(self.model.space), kind='search')
+    state = rd.start(config, resume=c.resume)
+    if state is not None:
+        self.load_state_dict(state)
         rd.truncate_log(self.epoch + 1)  # records are numbered from 1; keep the finished epochs
-    elif rd:
-        rd.write_config(dict(config, space_definition=space_to_dict(self.model.space), kind='search'))
 
 @patch
 def run(self: Search) -> dict:
@@ -308,13 +320,14 @@ def run(self: Search) -> dict:
         if rd: rd.log(record)
         for cb in self.callbacks: getattr(cb, 'on_epoch_end', lambda s, r: None)(self, record)
         self.save_checkpoint()
+        if self.should_stop: break
     return self.finish(time.time() - t0)
 
 @patch
 def finish(self: Search, seconds: float) -> dict:
     "Write result.json and the cell diagrams; return the result."
     genotype, rd = self.genotype(), self.run_dir
-    result = dict(kind='search', method=self.config.method, second_order=self.config.second_order,
+    result = dict(kind='search', optimization=self.config.optimization, second_order=self.config.second_order,
                   dataset=self.config.dataset, space=self.model.space.name, epochs=self.epoch,
                   genotype=[genotype_to_dict(g) for g in genotype] if isinstance(genotype, list)
                   else genotype_to_dict(genotype),

@@ -76,10 +76,10 @@ class KillAt:
         if s.global_step == self.step: raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize('method,second_order,checkpoint_every,kill', [
-    ('darts', False, 0, 5), ('one-level', False, 0, 4), ('darts', True, 1, 5), ('one-level', False, 2, 5)])
-def test_killed_and_resumed_equals_uninterrupted(tmp_path, method, second_order, checkpoint_every, kill):
-    cfg = replace(TINY, method=method, second_order=second_order, checkpoint_every=checkpoint_every, epochs=3)
+@pytest.mark.parametrize('optimization,second_order,checkpoint_every,kill', [
+    ('bilevel', False, 0, 5), ('one-level', False, 0, 4), ('bilevel', True, 1, 5), ('one-level', False, 2, 5)])
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, optimization, second_order, checkpoint_every, kill):
+    cfg = replace(TINY, optimization=optimization, second_order=second_order, checkpoint_every=checkpoint_every, epochs=3)
     full = search(replace(cfg, out=str(tmp_path / 'full')))
     killed = replace(cfg, out=str(tmp_path / 'killed'))
     with pytest.raises(KeyboardInterrupt):
@@ -132,5 +132,5 @@ def test_one_level_moves_alpha_and_bilevel_first_order_leaves_weight_grads_out()
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="unknown search space 'nope'"):
         SearchConfig(space='nope')
-    with pytest.raises(ValueError, match='unknown search method'):
-        SearchConfig(method='pc-darts')
+    with pytest.raises(ValueError, match="unknown optimization 'pc-darts'"):
+        SearchConfig(optimization='pc-darts')

@@ -1,0 +1,94 @@
+"The methods: presets and switches, the two-stage pipeline end to end, resume, and the command line."
+import json
+import pytest
+import torch
+from stacvs.cli import main
+from stacvs.larc import LARC
+from stacvs.methods import method_config, run_method, run_two_stage, TwoStageConfig
+from stacvs.search import Search
+from stacvs.spaces import get_space
+
+TINY = dict(dataset='digits', channels=4, epochs=1, batch_size=32, fraction=0.3, max_steps_per_epoch=2, progress=False)
+TINY_ARGS = ['--dataset', 'digits', '--channels', '4', '--epochs', '1', '--batch-size', '32', '--fraction', '0.3',
+             '--max-steps-per-epoch', '2', '--no-progress']
+
+
+@pytest.mark.parametrize('switches', [dict(node_norm=False, larc=False, relaxation='softmax'),  # VS-DARTS Table 4 rows
+                                      dict(larc=False, relaxation='softmax'), dict(relaxation='softmax'), {}])
+def test_vsdarts_ablation_switches_reach_the_search(switches):
+    config, stages = method_config('vsdarts', layers=3, **TINY, **switches)
+    search = Search(config)
+    expected = {**dict(node_norm=True, larc=True, relaxation='sqrt'), **switches}
+    norms = {type(n).__name__ for cell in search.model.cells for n in cell.node_norms}
+    assert norms == ({'BatchNorm2d'} if expected['node_norm'] else {'Identity'})
+    assert isinstance(search.w_optimizer, LARC) == expected['larc']
+    assert search.model.relaxation.name == expected['relaxation']
+    assert not isinstance(search.a_optimizer, LARC) and stages is None
+    assert config.optimization == 'bilevel' and config.batch_size == 32  # the user's value beats the preset's 96
+
+
+def test_stacnas_pipeline_outputs_and_stage_spaces(tmp_path):
+    r = run_method('stacnas', layers=3, stage2_layers=3, out=str(tmp_path), **TINY)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {'grouping', 'stage1', 'stage2', 'result.json', 'normal.png', 'reduce.png'} <= names
+    assert get_space(r['stage1_space']['name']).normal == get_space('stacnas_stage1').normal
+    for t in ('normal', 'reduce'):  # stage 2: exactly `none` + the members of the group that won the edge
+        for ops, won in zip(r['stage2_space'][t], r['winning_groups'][t]):
+            assert sorted(ops) == sorted(['none', *won])
+    assert json.loads((tmp_path / 'result.json').read_text())['genotype'] == r['genotype'] == r['stage2_genotype']
+
+
+class KillInStage2:
+    "Interrupts the stage-2 search at a step, as a kill would."
+    def __init__(self, step): self.step = step
+    def on_step_end(self, s):
+        if s.model.space.name.startswith('stage2') and s.global_step == self.step: raise KeyboardInterrupt
+
+
+def test_two_stage_search_killed_in_stage2_resumes_to_the_same_result(tmp_path):
+    kw = dict(TINY, epochs=2)
+    full = run_method('stacnas', layers=3, stage2_layers=3, out=str(tmp_path / 'full'), **kw)
+    config, stages = method_config('stacnas', layers=3, stage2_layers=3, out=str(tmp_path / 'killed'), **kw)
+    with pytest.raises(KeyboardInterrupt): run_two_stage(config, stages, callbacks=[KillInStage2(3)])
+    assert (tmp_path / 'killed' / 'stage1' / 'result.json').exists()
+    assert not (tmp_path / 'killed' / 'stage2' / 'result.json').exists()
+    resumed = run_method('stacnas', layers=3, stage2_layers=3, out=str(tmp_path / 'killed'), resume=True, **kw)
+    assert resumed['genotype'] == full['genotype'] and resumed['stage1_genotype'] == full['stage1_genotype']
+    with pytest.raises(ValueError, match='already holds a finished search'):
+        run_method('stacnas', layers=3, stage2_layers=3, out=str(tmp_path / 'killed'), **kw)
+
+
+def test_cli_stacnas_auto_depth_end_to_end(tmp_path):
+    r = main(['search', '--method', 'stacnas', *TINY_ARGS, '--layers', 'auto', '--depth-candidates', '2', '3',
+              '--final-layers', '4', '--confusion-steps', '2', '--confusion-iterations', '2', '--stage2-layers', '3',
+              '--out', str(tmp_path)])
+    assert r['stage1_layers'] in (2, 3)
+    depth = json.loads((tmp_path / 'confusion' / 'depth.json').read_text())
+    assert depth['depth'] == r['stage1_layers'] and {row['role'] for row in depth['table']} == {'final', 'search'}
+    assert (tmp_path / 'confusion' / 'confusion.png').exists()
+    assert json.loads((tmp_path / 'stage1' / 'config.json').read_text())['layers'] == r['stage1_layers']
+
+
+def test_measured_groups_and_stacvs_with_stage3(tmp_path):
+    r = run_method('stacvs', layers=2, stage2_layers=2, groups='measured', correlation_epochs=1,
+                   correlation_samples=64, stage3=True, out=str(tmp_path), **TINY)
+    grouping = json.loads((tmp_path / 'grouping' / 'groups.json').read_text())
+    assert grouping['source'] == 'measured' and len(grouping['correlation']) == len(grouping['op_names'])
+    assert (tmp_path / 'grouping' / 'correlation.png').exists()
+    assert sorted(op for g in r['groups'] for op in g) == sorted(op for op in get_space('darts').ops if op != 'none')
+    config = json.loads((tmp_path / 'stage2' / 'config.json').read_text())
+    assert config['node_norm'] and config['larc'] and config['relaxation'] == 'sqrt'
+    space3 = json.loads((tmp_path / 'stage3' / 'config.json').read_text())['space_definition']
+    assert all(len(ops) == 2 and ops[0] == 'none' for t in ('normal', 'reduce') for ops in space3[t])
+    assert r['genotype'] == r['stage3_genotype']
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--method', 'darts', '--stage2-layers', '5'], 'only apply to the two-stage methods'),
+    (['--method', 'darts', '--layers', 'auto'], 'needs a two-stage method'),
+    (['--method', 'stacnas', '--alpha-per-cell'], 'not per cell'),
+    (['--method', 'stacnas', '--groups', 'conv_9x9'], 'does not offer'),
+])
+def test_method_errors(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e: main(['search', *argv, *TINY_ARGS, '--out', str(tmp_path / 'x')])
+    assert e.value.code == 2 and message in capsys.readouterr().err
