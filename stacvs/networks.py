@@ -4,6 +4,8 @@
 
 # %% ../nbs/05_networks.ipynb #87276934
 from __future__ import annotations
+import json
+from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -11,8 +13,8 @@ from .ops import make_op, ReLUConvBN, FactorizedReduce
 from .genotypes import Genotype, get_genotype
 
 # %% auto #0
-__all__ = ['drop_path', 'SqueezeExcite', 'Cell', 'AuxiliaryHead', 'AuxiliaryHeadCIFAR', 'AuxiliaryHeadImageNet', 'NetworkCIFAR',
-           'NetworkImageNet', 'count_parameters']
+__all__ = ['drop_path', 'SqueezeExcite', 'Cell', 'AuxiliaryHead', 'AuxiliaryHeadCIFAR', 'AuxiliaryHeadImageNet', 'is_per_cell',
+           'cell_genotypes', 'NetworkCIFAR', 'NetworkImageNet', 'count_parameters']
 
 # %% ../nbs/05_networks.ipynb #35c107c1
 def drop_path(x: torch.Tensor, # a batch of op outputs (N, C, H, W)
@@ -102,17 +104,43 @@ def AuxiliaryHeadImageNet(C, num_classes):
     "The ImageNet auxiliary head (DARTS pooling on 7×7 maps; no BatchNorm after the 768-channel conv, as in DARTS)."
     return AuxiliaryHead(C, num_classes, pool_stride=2, final_bn=False)
 
+# %% ../nbs/05_networks.ipynb #99590c26
+def _per_cell_entries(genotype) -> list | None:
+    "The per-cell entries `genotype` holds (a list, a search result or its result.json); None for one genotype."
+    if hasattr(genotype, 'normal'): return None  # a Genotype is a tuple too
+    if isinstance(genotype, (list, tuple)): return list(genotype)
+    if isinstance(genotype, (str, Path)) and str(genotype).endswith('.json') and Path(genotype).is_file():
+        try: genotype = json.loads(Path(genotype).read_text())
+        except json.JSONDecodeError: return None  # get_genotype names the bad file
+    if isinstance(genotype, dict) and isinstance(genotype.get('genotype'), list): return genotype['genotype']
+    return None
+
+def is_per_cell(genotype) -> bool:
+    "Does `genotype` hold one genotype per cell (a list, or a search result of an `alpha_per_cell` search)?"
+    return _per_cell_entries(genotype) is not None
+
+def cell_genotypes(genotype, # one genotype (anything `get_genotype` takes), or a list of them, one per cell
+                   layers: int) -> list[Genotype]: # cells of the network
+    "One validated `Genotype` per cell: the one genotype `layers` times, or the per-cell list."
+    entries = _per_cell_entries(genotype)
+    if entries is None: return [get_genotype(genotype)] * layers
+    if len(entries) != layers:
+        raise ValueError(f"{len(entries)} per-cell genotypes for a network of {layers} cells: give exactly one per "
+                         f"cell (a search with alpha_per_cell derives one per supernet cell; build the network with "
+                         f"layers={len(entries)})")
+    return [get_genotype(g) for g in entries]
+
 # %% ../nbs/05_networks.ipynb #e208e798
 class _Network(nn.Module):
     "The cell stack, auxiliary head and classifier shared by the CIFAR and ImageNet networks."
-    def _build_cells(self, genotype, C, C_stem, layers, reduction_prev, num_classes, auxiliary, aux_head, **cell_kw):
-        self.layers, self.auxiliary = layers, auxiliary
+    def _build_cells(self, genotypes, C, C_stem, layers, reduction_prev, num_classes, auxiliary, aux_head, **cell_kw):
+        self.layers, self.auxiliary, self.genotypes = layers, auxiliary, genotypes
         self.cells = nn.ModuleList()
         C_pp, C_p, C_curr = C_stem, C_stem, C
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction: C_curr *= 2
-            cell = Cell(genotype, C_pp, C_p, C_curr, reduction, reduction_prev, **cell_kw)
+            cell = Cell(genotypes[i], C_pp, C_p, C_curr, reduction, reduction_prev, **cell_kw)
             self.cells.append(cell)
             reduction_prev = reduction
             C_pp, C_p = C_p, cell.multiplier * C_curr
@@ -133,16 +161,16 @@ class NetworkCIFAR(_Network):
                  num_classes: int, # classes to predict
                  layers: int, # cells (20 in DARTS)
                  auxiliary: bool, # build the auxiliary head
-                 genotype, # a `Genotype`, a published name or a JSON path (see `get_genotype`)
+                 genotype, # a `Genotype`, a name or a JSON path (see `get_genotype`), or a list with one per cell
                  drop_path_prob: float = 0.0, # drop-path probability (the training loop ramps it)
                  in_channels: int = 3, # image channels (1 for digits and MNIST)
                  pool_bn: bool = False, # BatchNorm after pooling ops (StacNAS's final network)
                  se: bool = False, # squeeze-and-excitation after each cell
                  se_reduction: int = 16): # SE bottleneck ratio
         super().__init__()
-        genotype = get_genotype(genotype)
+        genotypes = cell_genotypes(genotype, layers)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 3 * C, 3, padding=1, bias=False), nn.BatchNorm2d(3 * C))
-        self._build_cells(genotype, C, 3 * C, layers, False, num_classes, auxiliary, AuxiliaryHeadCIFAR,
+        self._build_cells(genotypes, C, 3 * C, layers, False, num_classes, auxiliary, AuxiliaryHeadCIFAR,
                           pool_bn=pool_bn, se=se, se_reduction=se_reduction)
         self.drop_path_prob = drop_path_prob
 
@@ -156,20 +184,20 @@ class NetworkImageNet(_Network):
                  num_classes: int, # classes to predict
                  layers: int, # cells (14 in DARTS)
                  auxiliary: bool, # build the auxiliary head
-                 genotype, # a `Genotype`, a published name or a JSON path (see `get_genotype`)
+                 genotype, # a `Genotype`, a name or a JSON path (see `get_genotype`), or a list with one per cell
                  drop_path_prob: float = 0.0, # drop-path probability
                  se: bool = False, # squeeze-and-excitation after each cell (StacNAS ImageNet "AA")
                  pool_bn: bool = False, # BatchNorm after pooling ops (StacNAS's final network)
                  in_channels: int = 3, # image channels
                  se_reduction: int = 16): # SE bottleneck ratio
         super().__init__()
-        genotype = get_genotype(genotype)
+        genotypes = cell_genotypes(genotype, layers)
         self.stem0 = nn.Sequential(nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
                                    nn.BatchNorm2d(C // 2), nn.ReLU(inplace=True),
                                    nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
         self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
                                    nn.BatchNorm2d(C))
-        self._build_cells(genotype, C, C, layers, True, num_classes, auxiliary, AuxiliaryHeadImageNet,
+        self._build_cells(genotypes, C, C, layers, True, num_classes, auxiliary, AuxiliaryHeadImageNet,
                           pool_bn=pool_bn, se=se, se_reduction=se_reduction)
         self.drop_path_prob = drop_path_prob
 

@@ -5,20 +5,23 @@
 # %% ../nbs/09_train.ipynb #9ca67a57
 from __future__ import annotations
 import itertools, statistics, time, warnings
+from pathlib import Path
 from dataclasses import dataclass, asdict, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .genotypes import get_genotype, genotype_to_dict, save_cell_diagrams
-from .networks import NetworkCIFAR, NetworkImageNet, count_parameters
+from matplotlib.figure import Figure
+from .genotypes import Genotype, get_genotype, genotype_to_dict, save_cell_diagrams, plot_cell
+from .networks import NetworkCIFAR, NetworkImageNet, count_parameters, cell_genotypes, is_per_cell
 from .data import train_loaders, get_dataset_info, DatasetInfo
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, resolve_device,
                          progress, check_finite, evaluate)
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SCHEDULES', 'BEST_NOTE', 'check_protocol', 'TrainConfig', 'train_config', 'apply_protocol',
-           'resolve_protocol', 'build_network', 'make_scheduler', 'Trainer', 'train', 'summarize_seeds']
+           'resolve_protocol', 'resolve_genotype', 'genotype_record', 'save_genotype_diagrams', 'build_network',
+           'make_scheduler', 'Trainer', 'train', 'summarize_seeds']
 
 # %% ../nbs/09_train.ipynb #58ec38d5
 _BASE = dict(dataset='cifar10', layers=20, channels=36, epochs=600, batch_size=96, lr=0.025, lr_min=0.0,
@@ -44,7 +47,7 @@ def check_protocol(name: str):
 @dataclass
 class TrainConfig:
     "Everything that defines a final-network training run; `None` fields come from the protocol."
-    genotype: str = 'DARTS_V2' # a published name, a genotype JSON or a search's result.json (or a Genotype)
+    genotype: str = 'DARTS_V2' # a published name, a genotype JSON, a search's result.json, a Genotype, or one per cell
     dataset: str | None = None # cifar10, cifar100, svhn, imagenet, digits, ... (None: the protocol's)
     data_root: str | None = None # directory holding the dataset (not needed for digits)
     protocol: str | None = None # base, aa, small, imagenet or imagenet_aa (None: imagenet for ImageNet, else base)
@@ -87,7 +90,7 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
         if self.resume and not self.out:
             raise ValueError("resume=True needs the run directory to continue: set out (--out)")
-        get_dataset_info(self.dataset); get_genotype(self.genotype)  # fail now, not after loading data
+        get_dataset_info(self.dataset); cell_genotypes(self.genotype, self.layers)  # fail now, not after loading data
 
     @classmethod
     def from_protocol(cls, name: str, **overrides) -> TrainConfig:
@@ -109,12 +112,41 @@ def resolve_protocol(config: TrainConfig) -> TrainConfig:
     "A copy of `config` with its `None` fields filled from its protocol."
     return replace(config)
 
+# %% ../nbs/09_train.ipynb #7a69ec10
+def resolve_genotype(config: TrainConfig) -> Genotype | list[Genotype]:
+    "The config's `Genotype`, or with one genotype per cell the list of them (as long as `config.layers`)."
+    genotypes = cell_genotypes(config.genotype, config.layers)
+    return genotypes if is_per_cell(config.genotype) else genotypes[0]
+
+def genotype_record(genotype: Genotype | list[Genotype]): # from `resolve_genotype`
+    "A JSON-ready genotype dict, or a list of them."
+    return [genotype_to_dict(g) for g in genotype] if isinstance(genotype, list) else genotype_to_dict(genotype)
+
+def _save_cell_diagram(genotype: Genotype, cell_type: str, path):
+    fig = Figure(figsize=(9, 3.2))
+    plot_cell(genotype, cell_type, ax=fig.add_subplot())
+    tmp = path.with_name(path.name + '.tmp')
+    fig.savefig(tmp, format='png', dpi=130, bbox_inches='tight'); tmp.replace(path)  # atomic
+
+def save_genotype_diagrams(genotype: Genotype | list[Genotype], # from `resolve_genotype`
+                           model: nn.Module, # the network built from it (tells each cell's type)
+                           out_dir: Path) -> list[Path]:
+    "The two cell diagrams of one genotype; with one per cell, `cell<i>_<type>.png` for each cell's own half."
+    if not isinstance(genotype, list): return save_cell_diagrams(genotype, out_dir)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (g, cell) in enumerate(zip(genotype, model.cells)):
+        cell_type = 'reduce' if cell.reduction else 'normal'
+        paths.append(Path(out_dir) / f"cell{i:02d}_{cell_type}.png")
+        _save_cell_diagram(g, cell_type, paths[-1])
+    return paths
+
 # %% ../nbs/09_train.ipynb #314009c2
 def build_network(config: TrainConfig, info: DatasetInfo | None = None) -> nn.Module:
     "The final network a config describes (drop-path starts at 0; training ramps it)."
     info = info or get_dataset_info(config.dataset)
     net_cls = NetworkImageNet if config.dataset == 'imagenet' else NetworkCIFAR
-    return net_cls(config.channels, info.num_classes, config.layers, config.auxiliary, get_genotype(config.genotype),
+    return net_cls(config.channels, info.num_classes, config.layers, config.auxiliary, resolve_genotype(config),
                    drop_path_prob=0.0, in_channels=info.in_channels, pool_bn=config.pool_bn, se=config.se)
 
 def make_scheduler(optimizer, config: TrainConfig):
@@ -131,7 +163,7 @@ class Trainer:
         c = config
         self.device = resolve_device(c.device)
         seed_everything(c.seed)
-        self.info, self.genotype = get_dataset_info(c.dataset), get_genotype(c.genotype)
+        self.info, self.genotype = get_dataset_info(c.dataset), resolve_genotype(c)
         self.model = (model or build_network(c, self.info)).to(self.device)
         if c.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         if c.autoaugment and c.dataset == 'imagenet':
@@ -225,7 +257,7 @@ def load_state_dict(self: Trainer, state: dict):
 @patch
 def config_record(self: Trainer) -> dict:
     "The resolved config as written to config.json (with the genotype's definition and the parameter count)."
-    return dict(to_jsonable(asdict(self.config)), kind='train', genotype_definition=genotype_to_dict(self.genotype),
+    return dict(to_jsonable(asdict(self.config)), kind='train', genotype_definition=genotype_record(self.genotype),
                 params=count_parameters(self.model))
 
 @patch
@@ -266,7 +298,7 @@ def finish(self: Trainer, seconds: float) -> dict:
     "Write result.json and the cell diagrams; return the result."
     c, rd, last = self.config, self.run_dir, self.last_record or {}
     params = count_parameters(self.model)
-    result = dict(kind='train', genotype=genotype_to_dict(self.genotype), dataset=c.dataset, protocol=c.protocol,
+    result = dict(kind='train', genotype=genotype_record(self.genotype), dataset=c.dataset, protocol=c.protocol,
                   seed=c.seed, epochs=self.epoch, test_acc=last.get('test_acc'), test_loss=last.get('test_loss'),
                   train_acc=last.get('train_acc'), train_loss=last.get('train_loss'),
                   best_test_acc=self.best['test_acc'] if self.best['epoch'] else None,
@@ -274,7 +306,7 @@ def finish(self: Trainer, seconds: float) -> dict:
                   seconds=self.seconds, seconds_this_session=seconds,
                   amp=c.amp and self.device.type == 'cuda', device=str(self.device))
     if rd:
-        save_cell_diagrams(self.genotype, rd.path / 'figures')
+        save_genotype_diagrams(self.genotype, self.model, rd.path / 'figures')
         rd.write_result(result)
     self._callback('on_train_end', result)
     return result

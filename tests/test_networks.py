@@ -1,4 +1,5 @@
 "Final networks: exact published parameter counts, cell wiring, drop-path, auxiliary heads, small inputs."
+import json
 import pytest
 import torch
 import torch.nn as nn
@@ -132,3 +133,46 @@ def test_imagenet_network_at_224_feeds_a_7x7_map_to_the_aux_head():
     logits, aux = net(torch.randn(1, 3, 224, 224))
     assert logits.shape == aux.shape == (1, 5) and seen == [(7, 7)]
     assert sum(isinstance(m, SqueezeExcite) for m in net.modules()) == 5
+
+
+def test_a_repeated_genotype_list_builds_the_single_genotype_network():
+    g = GENOTYPES['DARTS_V2']
+    assert count_parameters(NetworkCIFAR(36, 10, 20, True, [g] * 20)) == 3_349_342  # the published count, unchanged
+    assert count_parameters(NetworkImageNet(48, 1000, 14, True, ['DARTS_V2'] * 14)) == 4_718_752
+    x = torch.randn(2, 1, 8, 8)
+    torch.manual_seed(3); single = NetworkCIFAR(4, 10, 5, True, g, in_channels=1)
+    torch.manual_seed(3); repeated = NetworkCIFAR(4, 10, 5, True, [g] * 5, in_channels=1)
+    single.eval(); repeated.eval()
+    with torch.no_grad():
+        assert torch.equal(single(x)[0], repeated(x)[0])
+
+
+def _wiring(cell): return [type(op).__name__ for op in cell._ops], list(cell.indices), cell.concat
+
+
+def test_each_cell_builds_its_own_genotypes_half_of_its_type():
+    names = ['DARTS_V2', 'VS_DARTS_BEST', 'STACNAS_CIFAR10', 'STACNAS_CIFAR100', 'DARTS_V1', 'STACNAS_IMAGENET']
+    net = NetworkCIFAR(4, 10, 6, False, names, in_channels=1)
+    assert [c.reduction for c in net.cells] == [False, False, True, False, True, False]
+    for cell, name in zip(net.cells, names):
+        alone = Cell(GENOTYPES[name], 12, 12, 4, cell.reduction, False)  # wiring does not depend on channels
+        assert _wiring(cell) == _wiring(alone)
+        half = GENOTYPES[name].reduce if cell.reduction else GENOTYPES[name].normal
+        assert cell.indices == [i for _, i in half]
+    assert net.genotypes == [GENOTYPES[n] for n in names]
+    assert net(torch.randn(2, 1, 8, 8))[0].shape == (2, 10)
+
+
+def test_per_cell_genotypes_from_a_search_result_file_and_length_errors(tmp_path):
+    from stacvs.genotypes import genotype_to_dict
+    from stacvs.networks import cell_genotypes, is_per_cell
+    gs = [GENOTYPES['DARTS_V2'], GENOTYPES['VS_DARTS_BEST'], GENOTYPES['DARTS_V1']]
+    path = tmp_path / 'result.json'
+    path.write_text(json.dumps(dict(kind='search', genotype=[genotype_to_dict(g) for g in gs])))
+    assert is_per_cell(str(path)) and not is_per_cell('DARTS_V2') and not is_per_cell(GENOTYPES['DARTS_V2'])
+    assert cell_genotypes(str(path), 3) == gs
+    assert NetworkCIFAR(4, 10, 3, False, str(path), in_channels=1).genotypes == gs
+    with pytest.raises(ValueError, match=r'3 per-cell genotypes for a network of 5 cells.*layers=3'):
+        NetworkCIFAR(4, 10, 5, False, str(path))
+    with pytest.raises(ValueError, match='unknown genotype'):
+        NetworkCIFAR(4, 10, 2, False, ['DARTS_V2', 'NOPE'])

@@ -205,3 +205,39 @@ def test_summarize_seeds_by_hand():
     assert summarize_seeds([{'params_m': 3.3}, {'params_m': 3.5}], key='params_m')['mean'] == pytest.approx(3.4)
     with pytest.raises(ValueError, match='no results'):
         summarize_seeds([])
+
+
+def test_per_cell_genotypes_train_end_to_end_and_are_recorded(tmp_path):
+    from stacvs.genotypes import GENOTYPES, genotype_to_dict
+    names = ['DARTS_V2', 'VS_DARTS_BEST', 'STACNAS_CIFAR10']
+    config = replace(TINY, layers=3, epochs=1, max_steps_per_epoch=2, genotype=names, out=str(tmp_path))
+    trainer = Trainer(config)
+    assert trainer.model.genotypes == [GENOTYPES[n] for n in names]
+    result = trainer.run()
+    assert result['genotype'] == [genotype_to_dict(GENOTYPES[n]) for n in names]
+    assert 0 <= result['test_acc'] <= 1 and result['epochs'] == 1
+    assert RunDir(tmp_path).read_config()['genotype_definition'] == result['genotype']
+    assert sorted(p.name for p in (tmp_path / 'figures').iterdir()) == \
+        ['cell00_normal.png', 'cell01_reduce.png', 'cell02_reduce.png']  # each cell's own half
+    with pytest.raises(ValueError, match='3 per-cell genotypes for a network of 2 cells'):
+        replace(config, layers=2)
+
+
+def test_a_repeated_genotype_list_trains_exactly_like_the_single_genotype():
+    config = replace(TINY, epochs=1, max_steps_per_epoch=2)
+    single, repeated = train(config), train(replace(config, genotype=['DARTS_V2'] * config.layers))
+    assert single['params'] == repeated['params']
+    assert single['test_acc'] == repeated['test_acc'] and single['train_loss'] == repeated['train_loss']
+
+
+def test_trains_the_per_cell_result_of_an_alpha_per_cell_search(tmp_path):
+    from stacvs.search import search
+    from stacvs.genotypes import genotype_from_dict
+    found = search(dataset='digits', channels=4, layers=3, epochs=1, max_steps_per_epoch=2, fraction=0.2,
+                   alpha_per_cell=True, device='cpu', progress=False, out=str(tmp_path / 'search'))
+    assert isinstance(found['genotype'], list) and len(found['genotype']) == 3
+    config = replace(TINY, layers=3, epochs=1, max_steps_per_epoch=2, genotype=str(tmp_path / 'search' / 'result.json'))
+    trainer = Trainer(config)
+    assert trainer.model.genotypes == [genotype_from_dict(g) for g in found['genotype']]
+    assert trainer.run()['genotype'] == found['genotype']
+    assert Trainer(replace(config, genotype=found)).model.genotypes == trainer.model.genotypes  # the dict works too
