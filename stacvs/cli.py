@@ -10,7 +10,7 @@ from fastcore.docments import docments
 
 # %% auto #0
 __all__ = ['ALIASES', 'add_config_arguments', 'config_from_args', 'cmd_search', 'cmd_train', 'cmd_genotype', 'cmd_bench',
-           'build_parser', 'main', 'console_entry']
+           'cmd_repro', 'build_parser', 'main', 'console_entry']
 
 # %% ../nbs/15_cli.ipynb #1ffec21c
 def _first_parse(types_):
@@ -112,6 +112,30 @@ def cmd_bench(args):
     if args.json: Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 
+# %% ../nbs/15_cli.ipynb #faa0ca9c
+def _parse_value(text: str):
+    "A command-line parameter value: JSON when it parses ('[0, 1]', '3', 'null'), else the string."
+    try: return json.loads(text)
+    except json.JSONDecodeError: return text
+
+def cmd_repro(args):
+    from stacvs.repro import repro_items, run_batch, write_report
+    if args.action == 'list':
+        for item, description in repro_items().items(): print(f"{item:26s} {description}")
+        return list(repro_items())
+    if args.action == 'report':
+        path = write_report(args.out); print(f"report: {path}"); return path
+    if not args.items: raise ValueError("stacvs repro run needs item ids (see `stacvs repro list`) or `all`")
+    overrides = {k: _parse_value(v) for k, v in (p.split('=', 1) for p in args.param or [])}
+    if args.seeds: overrides['seeds'] = args.seeds
+    if args.device: overrides['device'] = args.device
+    if args.data_root: overrides['data_root'] = args.data_root
+    summary = run_batch(args.items, args.profile, args.out, overrides, args.notebooks)
+    failed = [s for s in summary if s['status'] == 'failed']
+    print(f"{len(summary) - len(failed)} item(s) complete or skipped, {len(failed)} failed; report: {args.out}/report.md")
+    for f in failed: print(f"  {f['item']}: {f.get('exception') or f['error']}: {str(f['message']).strip()[-300:]}")
+    return summary
+
 # %% ../nbs/15_cli.ipynb #58d494c7
 def build_parser() -> argparse.ArgumentParser:
     "The `stacvs` argument parser."
@@ -143,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--warmup', type=int, default=1); p.add_argument('--threads', type=int, default=None)
     p.add_argument('--json', help='also write the rows to this JSON file')
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser('repro', help="reproduce the papers' tables and figures",
+                       description="Run the reproduction notebooks (papermill) and write the report.")
+    p.add_argument('action', choices=['list', 'run', 'report'])
+    p.add_argument('items', nargs='*', help="item ids (see `list`), or `all`")
+    p.add_argument('--profile', choices=['smoke', 'quick', 'paper'], default='smoke',
+                   help='smoke: CPU minutes; quick: one GPU, under an hour; paper: the published protocol')
+    p.add_argument('--out', default='repro-runs', help='batch directory (default: repro-runs)')
+    p.add_argument('--seeds', type=int, nargs='+', help="seeds for every item (default: each profile's)")
+    p.add_argument('--device', help='auto, cpu, cuda, cuda:N (default: the profile\'s)')
+    p.add_argument('--data-root', help='directory holding the datasets (default: the profile\'s, /data)')
+    p.add_argument('--param', nargs='*', metavar='NAME=VALUE', help='any other notebook parameter, e.g. epochs=5')
+    p.add_argument('--notebooks', help='directory of the reproduction notebooks (default: nbs/repro)')
+    p.set_defaults(func=cmd_repro)
     return parser
 
 def main(argv=None):
