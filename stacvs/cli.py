@@ -61,12 +61,16 @@ def _default_out(kind, args, *parts):
 
 def cmd_search(args):
     from stacvs.methods import run_method
+    from stacvs.diagnostics import make_diagnostics
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
              if k not in ('command', 'func', 'method')}
     if 'out' not in given:
         given['out'] = _default_out('search', argparse.Namespace(seed=given.get('seed', 0)), args.method,
                                     given.get('dataset', 'cifar10'))
-    result = run_method(args.method, **given)
+    names, ratio = given.pop('diagnostics', None) or [], given.pop('early_stop_ratio', None)
+    if ratio is not None and 'hessian' not in names: names = [*names, 'hessian']  # DARTS-ES needs the eigenvalue
+    make_diagnostics(names, ratio)  # fail early on a bad name
+    result = run_method(args.method, callbacks=lambda: make_diagnostics(names, ratio), **given)
     print(json.dumps(result['genotype'], indent=1 if isinstance(result['genotype'], list) else None))
     print(f"{args.method} search finished: results, logs, checkpoints and cell diagrams in {given['out']}")
     return result
@@ -149,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='darts, stacnas (two stages, one-level), vsdarts, or stacvs (both papers) (default: darts)')
     add_config_arguments(p, SearchConfig, only_given=True)
     add_config_arguments(p.add_argument_group('two-stage methods (stacnas, stacvs)'), TwoStageConfig, only_given=True)
+    g = p.add_argument_group('diagnostics (VS-DARTS figures; written to diagnostics/ in each run directory)')
+    g.add_argument('--diagnostics', nargs='+', default=argparse.SUPPRESS, metavar='NAME',
+                   help='node_variance none_weight grad_norm edge_statistics hessian pt_selection')
+    g.add_argument('--early-stop-ratio', type=float, default=argparse.SUPPRESS,
+                   help='DARTS-ES: stop when λ_max(epoch − 5) / λ_max(epoch) falls below this (RobustDARTS: 0.75)')
     p.set_defaults(func=cmd_search)
     p = sub.add_parser('train', help='train a final network from a genotype', description='Train a genotype.')
     add_config_arguments(p, TrainConfig); p.set_defaults(func=cmd_train)

@@ -16,17 +16,18 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from .cells import CELL_TYPES
 from .spaces import edge_inputs
-from .genotypes import Genotype, make_genotype
+from .genotypes import Genotype, make_genotype, genotype_to_dict
 from .runs import atomic_write_json, to_jsonable
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['suspended_recording', 'Instrument', 'StepHooks', 'NodeVariance', 'plot_node_variance', 'selection_weights',
-           'NoneWeight', 'plot_none_weight', 'SepConvGradNorm', 'plot_grad_norm', 'EdgeStatistics',
+__all__ = ['DIAGNOSTICS', 'suspended_recording', 'Instrument', 'StepHooks', 'NodeVariance', 'plot_node_variance',
+           'selection_weights', 'NoneWeight', 'plot_none_weight', 'SepConvGradNorm', 'plot_grad_norm', 'EdgeStatistics',
            'plot_edge_statistics', 'preserved', 'evaluation_batches', 'supernet_accuracy', 'power_iteration',
            'hessian_eigenvalue', 'HessianEigenvalue', 'plot_hessian_eigenvalue', 'without_op', 'only_op',
            'without_edge', 'edited_mixing_weights', 'pt_proxy_strength', 'discretization_accuracy', 'edge_betas',
-           'beta_accuracy_correlation', 'plot_beta_vs_accuracy', 'pt_select_genotype']
+           'beta_accuracy_correlation', 'plot_beta_vs_accuracy', 'pt_select_genotype', 'PTSelection', 'DiagnosticPlots',
+           'make_diagnostics']
 
 # %% ../nbs/13_diagnostics.ipynb #13b8bbee
 _RECORDING = {'suspended': 0}
@@ -666,3 +667,43 @@ def pt_select_genotype(model: nn.Module, # a trained `Supernet`
                 if n == node and e not in kept: edits[(t, e)] = without_edge()
             pairs[t] += [(space.edges(t)[e][chosen[(t, e)]], inputs[e][1]) for e in kept]
     return make_genotype(pairs['normal'], pairs['reduce'])
+
+# %% ../nbs/13_diagnostics.ipynb #43c60278
+class PTSelection(Instrument):
+    "At the end of a search, the DARTS-PT genotype (perturbation-based selection), added to the result as `genotype_pt`."
+    name = 'pt_selection'
+    def __init__(self, max_batches: int | None = 4): # batches per accuracy evaluation
+        super().__init__(); self.max_batches = max_batches
+    def on_search_end(self, search, result):
+        loader = search.valid_loader or search.train_loader
+        genotype = pt_select_genotype(search.model, loader, self.max_batches, seed=search.config.seed)
+        result['genotype_pt'] = genotype_to_dict(genotype)
+        self.history = [dict(epoch=search.epoch, genotype=result['genotype_pt'])]
+        self.write(search)
+
+DIAGNOSTICS = dict(node_variance=(NodeVariance, plot_node_variance), none_weight=(NoneWeight, plot_none_weight),
+                   grad_norm=(SepConvGradNorm, plot_grad_norm), edge_statistics=(EdgeStatistics, plot_edge_statistics),
+                   hessian=(HessianEigenvalue, plot_hessian_eigenvalue), pt_selection=(PTSelection, None))
+
+class DiagnosticPlots:
+    "Writes `diagnostics/<name>.png` for each instrument when the search ends (after the instruments' own end)."
+    def __init__(self, instruments): self.instruments = list(instruments)
+    def on_search_end(self, search, result):
+        if search.run_dir is None: return
+        for inst in self.instruments:
+            plot = next((plot for cls, plot in DIAGNOSTICS.values() if type(inst) is cls), None)
+            if plot is None or not inst.history: continue
+            fig = plot(inst.history)
+            fig.savefig(Path(search.run_dir.path) / 'diagnostics' / f'{inst.name}.png', dpi=110, bbox_inches='tight')
+            plt.close(fig)
+
+def make_diagnostics(names, # instrument names (keys of DIAGNOSTICS)
+                     early_stop_ratio: float | None = None) -> list: # DARTS-ES stop ratio for 'hessian'
+    "Fresh instruments by name, followed by the callback that plots them."
+    unknown = sorted(set(names) - set(DIAGNOSTICS))
+    if unknown: raise ValueError(f"unknown diagnostics {unknown}; choose from {sorted(DIAGNOSTICS)}")
+    if early_stop_ratio is not None and 'hessian' not in names:
+        raise ValueError("early_stop_ratio (DARTS-ES) needs the 'hessian' diagnostic")
+    kw = dict(hessian=dict(stop_ratio=early_stop_ratio))
+    instruments = [DIAGNOSTICS[n][0](**kw.get(n, {})) for n in names]
+    return instruments + [DiagnosticPlots(instruments)]

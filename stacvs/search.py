@@ -19,7 +19,7 @@ from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jso
                          progress, NonFiniteLossError, check_finite, evaluate)
 
 # %% auto #0
-__all__ = ['OPTIMIZATIONS', 'SearchConfig', 'weight_optimizer', 'Search', 'search']
+__all__ = ['OPTIMIZATIONS', 'SearchConfig', 'weight_optimizer', 'Search', 'gradients', 'search']
 
 # %% ../nbs/08_search.ipynb #1ee56f03
 OPTIMIZATIONS = ('bilevel', 'one-level')
@@ -141,11 +141,16 @@ def one_level_step(self: Search, x, y):
     return loss.detach(), logits.detach()
 
 # %% ../nbs/08_search.ipynb #498dac49
+def gradients(loss, params):
+    "∂loss/∂params; zeros for a parameter the loss does not use (e.g. reduce-cell α of a net too shallow to reduce)."
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
 @patch
 def first_order_alpha_grad(self: Search, x_valid, y_valid):
     "∇α L_val(w, α); returns the valid loss and logits."
     loss, logits = self.loss(x_valid, y_valid)
-    grads = torch.autograd.grad(loss, self.model.alphas())
+    grads = gradients(loss, self.model.alphas())
     return grads, loss.detach(), logits.detach()
 
 @patch
@@ -176,7 +181,7 @@ def second_order_alpha_grad(self: Search, x_valid, y_valid, x, y):
     group = opt.param_groups[0]
     eta, momentum, wd = group['lr'], group['momentum'], group['weight_decay']
     w0 = [p.detach().clone() for p in weights]
-    train_grads = torch.autograd.grad(self.loss(x, y)[0], weights)
+    train_grads = gradients(self.loss(x, y)[0], weights)
     with torch.no_grad():
         unrolled = []
         for param, p, g in zip(weights, w0, train_grads):
@@ -184,7 +189,7 @@ def second_order_alpha_grad(self: Search, x_valid, y_valid, x, y):
             unrolled.append(p - eta * (g + wd * p + (momentum * buf if buf is not None else 0.)))
     _set_params(weights, unrolled)
     valid_loss, valid_logits = self.loss(x_valid, y_valid)
-    grads = torch.autograd.grad(valid_loss, alphas + weights)
+    grads = gradients(valid_loss, alphas + weights)
     alpha_grads, v = grads[:len(alphas)], grads[len(alphas):]
     hvp = self.hessian_vector_product(w0, v, x, y)
     _set_params(weights, w0)
@@ -196,9 +201,9 @@ def hessian_vector_product(self: Search, w, v, x, y):
     weights, alphas = self.model.weights(), self.model.alphas()
     R = self.config.hvp_r / torch.sqrt(sum((t.float() ** 2).sum() for t in v))
     _set_params(weights, w, R, v)
-    grads_pos = torch.autograd.grad(self.loss(x, y)[0], alphas)
+    grads_pos = gradients(self.loss(x, y)[0], alphas)
     _set_params(weights, w, -R, v)
-    grads_neg = torch.autograd.grad(self.loss(x, y)[0], alphas)
+    grads_neg = gradients(self.loss(x, y)[0], alphas)
     return [(gp - gn) / (2 * R) for gp, gn in zip(grads_pos, grads_neg)]
 
 # %% ../nbs/08_search.ipynb #39232c35
@@ -333,12 +338,13 @@ def finish(self: Search, seconds: float) -> dict:
                   else genotype_to_dict(genotype),
                   supernet_params=sum(p.numel() for p in self.model.weights()),
                   seconds_this_session=seconds, **self.alpha_record())
+    # callbacks first: an instrument may add to the result (e.g. DARTS-PT's genotype) before it is written
+    for cb in self.callbacks: getattr(cb, 'on_search_end', lambda s, r: None)(self, result)
     if rd:
         last = rd.read_log()
         if last: result['final'] = {k: v for k, v in last[-1].items() if isinstance(v, (int, float))}
         if not isinstance(genotype, list): save_cell_diagrams(genotype, rd.path)
         rd.write_result(result)
-    for cb in self.callbacks: getattr(cb, 'on_search_end', lambda s, r: None)(self, result)
     return result
 
 def search(config: SearchConfig | None = None, callbacks=(), **overrides) -> dict:

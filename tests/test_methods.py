@@ -1,5 +1,5 @@
 "The methods: presets and switches, the two-stage pipeline end to end, resume, and the command line."
-import json
+import json, math
 import pytest
 import torch
 from stacvs.cli import main
@@ -92,3 +92,39 @@ def test_measured_groups_and_stacvs_with_stage3(tmp_path):
 def test_method_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e: main(['search', *argv, *TINY_ARGS, '--out', str(tmp_path / 'x')])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+ABLATION_ROWS = [['--no-node-norm', '--no-larc', '--relaxation', 'softmax'], ['--no-larc', '--relaxation', 'softmax'],
+                 ['--relaxation', 'softmax'], []]  # VS-DARTS Table 4: DARTS, +NodeNorm, +LARC, +√β
+
+
+@pytest.mark.parametrize('row', ABLATION_ROWS)
+def test_vsdarts_table4_rows_run_from_the_cli_with_diagnostic_plots(row, tmp_path):
+    main(['search', '--method', 'vsdarts', *row, *TINY_ARGS, '--layers', '3', '--out', str(tmp_path),
+          '--diagnostics', 'node_variance', 'none_weight', 'grad_norm', 'edge_statistics'])
+    written = {p.name for p in (tmp_path / 'diagnostics').iterdir()}
+    assert {f'{n}.{ext}' for n in ('node_variance', 'none_weight', 'grad_norm', 'edge_statistics')
+            for ext in ('json', 'png')} <= written
+    config = json.loads((tmp_path / 'config.json').read_text())
+    assert (config['node_norm'], config['larc'], config['relaxation']) == \
+        ('--no-node-norm' not in row, '--no-larc' not in row, 'softmax' if row else 'sqrt')
+
+
+@pytest.mark.parametrize('space', ['s1', 's2', 's3', 's4'])
+def test_robustdarts_spaces_run_from_the_cli_with_darts_es(space, tmp_path):
+    r = main(['search', '--method', 'darts', '--space', space, *TINY_ARGS, '--layers', '3', '--epochs', '2',
+              '--out', str(tmp_path), '--diagnostics', 'node_variance', 'pt_selection', '--early-stop-ratio', '0.75'])
+    hessian = json.loads((tmp_path / 'diagnostics' / 'hessian_eigenvalue.json').read_text())
+    assert len(hessian['history']) == 2 and all(math.isfinite(h['eigenvalue']) for h in hessian['history'])
+    assert (tmp_path / 'diagnostics' / 'hessian_eigenvalue.png').exists() and 'genotype_pt' in r
+    for t in ('normal', 'reduce'):  # every chosen op is one its edge offered
+        offered = {op for ops in get_space(space).edges(t) for op in ops}
+        assert {op for op, _ in r['genotype'][t]} <= offered
+
+
+def test_cli_stacvs_end_to_end_with_diagnostics_per_stage(tmp_path):
+    r = main(['search', '--method', 'stacvs', *TINY_ARGS, '--layers', '3', '--stage2-layers', '3',
+              '--out', str(tmp_path), '--diagnostics', 'node_variance'])
+    assert r['method'] == 'stacvs'
+    for stage in ('stage1', 'stage2'):
+        assert (tmp_path / stage / 'diagnostics' / 'node_variance.png').exists()
