@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .fastconv import FastDepthwiseConv2d
 
 # %% auto #0
 __all__ = ['OPS', 'POOLING_OPS', 'register_op', 'check_op_name', 'make_op', 'ReLUConvBN', 'DilConv', 'SepConv',
@@ -61,7 +62,9 @@ class DilConv(nn.Sequential):
     "ReLU, depthwise (dilated) k×k convolution, pointwise 1×1 convolution, BatchNorm."
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
         super().__init__(nn.ReLU(inplace=False),
-                         nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
+                         # nn.Conv2d on every device; on CPU its backward takes the fast path of `stacvs.fastconv`
+                         FastDepthwiseConv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in,
+                                             bias=False),
                          nn.Conv2d(C_in, C_out, 1, bias=False),
                          nn.BatchNorm2d(C_out, affine=affine))
 
