@@ -4,14 +4,19 @@
 
 # %% ../nbs/08a_bench.ipynb #13dfe9bf
 from __future__ import annotations
-import json, multiprocessing, os, platform, resource, statistics, sys, time
+import copy, json, multiprocessing, os, platform, resource, statistics, sys, time
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from dataclasses import dataclass, asdict, replace
 import torch
+import torch.nn.functional as F
 from .data import ArrayLoader, synthetic_arrays
 from .search import SearchConfig, Search
+from .fastconv import use_fast_depthwise
 
 # %% auto #0
-__all__ = ['PAPER_CPU_CASES', 'BenchCase', 'time_search_steps', 'time_in_subprocess', 'format_rows']
+__all__ = ['PAPER_CPU_CASES', 'BenchCase', 'plain_first_order_alpha_grad', 'plain_second_order_alpha_grad', 'straightforward',
+           'time_search_steps', 'time_in_subprocess', 'format_rows']
 
 # %% ../nbs/08a_bench.ipynb #042a16f1
 @dataclass
@@ -22,11 +27,56 @@ class BenchCase:
     image_size: int = 32
     reference_seconds: float | None = None # the original implementation's s/step on the same machine class
     reference_rss_gb: float | None = None # ... and its peak resident memory
+    path: str = 'optimized' # 'optimized' (stacvs) or 'straightforward' (the original code's steps, same math)
 
 def _synthetic_loaders(config: SearchConfig, image_size: int, device):
     x, y = synthetic_arrays(4 * config.batch_size, 3, image_size, 10, seed=config.seed)
     make = lambda seed: ArrayLoader(x, y, config.batch_size, shuffle=True, drop_last=True, device=device, seed=seed)
     return make(0), (make(1) if config.bilevel else None)
+
+# %% ../nbs/08a_bench.ipynb #68c345a7
+def _grads_or_zeros(params):
+    return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+
+def plain_first_order_alpha_grad(search: Search, x_valid, y_valid):
+    "The original first-order α gradient: a full backward that also computes the weights' gradients."
+    loss, logits = search.loss(x_valid, y_valid)
+    loss.backward()
+    grads = _grads_or_zeros(search.model.alphas())
+    search.model.zero_grad(set_to_none=True)  # the weight gradients are discarded
+    return grads, loss.detach(), logits.detach()
+
+def plain_second_order_alpha_grad(search: Search, x_valid, y_valid, x, y):
+    "The original unrolled α gradient: a copy of the model holds w' = w − η(momentum + ∇w L_train + wd·w)."
+    model, opt = search.model, search.w_optimizer
+    group = opt.param_groups[0]
+    eta, momentum, wd = group['lr'], group['momentum'], group['weight_decay']
+    weights = model.weights()
+    train_grads = torch.autograd.grad(search.loss(x, y)[0], weights, allow_unused=True)
+    unrolled = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, q, g in zip(weights, unrolled.weights(), train_grads):
+            buf = opt.state.get(p, {}).get('momentum_buffer')
+            q.copy_(p - eta * ((g if g is not None else 0.) + wd * p + (momentum * buf if buf is not None else 0.)))
+    logits = unrolled(x_valid)
+    valid_loss = F.cross_entropy(logits, y_valid)
+    valid_loss.backward()
+    alpha_grads, v = _grads_or_zeros(unrolled.alphas()), _grads_or_zeros(unrolled.weights())
+    w0 = [p.detach().clone() for p in weights]
+    hvp = search.hessian_vector_product(w0, v, x, y)
+    with torch.no_grad():
+        for p, p0 in zip(weights, w0): p.copy_(p0)
+    return [g - eta * h for g, h in zip(alpha_grads, hvp)], valid_loss.detach(), logits.detach()
+
+@contextmanager
+def straightforward(search: Search):
+    "Within this block `search` steps like the original code (full α backward, model copy, torch's depthwise backward)."
+    search.first_order_alpha_grad = partial(plain_first_order_alpha_grad, search)
+    search.second_order_alpha_grad = partial(plain_second_order_alpha_grad, search)
+    try:
+        with use_fast_depthwise(False): yield search
+    finally:
+        del search.first_order_alpha_grad, search.second_order_alpha_grad
 
 # %% ../nbs/08a_bench.ipynb #db0ed07b
 def time_search_steps(case: BenchCase, steps: int = 5, warmup: int = 1) -> dict:
@@ -39,16 +89,17 @@ def time_search_steps(case: BenchCase, steps: int = 5, warmup: int = 1) -> dict:
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats()
     it, valid = iter(search.train_loader), search.valid_iter
     times = []
-    for i in range(warmup + steps):
-        x, y = next(it, None) or next(it := iter(search.train_loader))
-        sync(); t = time.perf_counter()
-        if config.bilevel: search.bilevel_step(x, y, *next(valid))
-        else: search.one_level_step(x, y)
-        sync()
-        if i >= warmup: times.append(time.perf_counter() - t)
+    with straightforward(search) if case.path == 'straightforward' else nullcontext():
+        for i in range(warmup + steps):
+            x, y = next(it, None) or next(it := iter(search.train_loader))
+            sync(); t = time.perf_counter()
+            if config.bilevel: search.bilevel_step(x, y, *next(valid))
+            else: search.one_level_step(x, y)
+            sync()
+            if i >= warmup: times.append(time.perf_counter() - t)
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     cuda_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else None
-    return dict(case=case.name, device=str(device), threads=torch.get_num_threads(), steps=steps,
+    return dict(case=case.name, path=case.path, device=str(device), threads=torch.get_num_threads(), steps=steps,
                 median_s=statistics.median(times), min_s=min(times), peak_rss_gb=rss_gb, peak_cuda_gb=cuda_gb)
 
 # %% ../nbs/08a_bench.ipynb #bb9444fb
@@ -82,17 +133,22 @@ PAPER_CPU_CASES = [
     _case('stacnas-s1-c4-l3-b16', 'one-level', False, 4, 3, 16, 16, 'stacnas_stage1', 0.22, 0.75),
 ]
 
+def _memory(row): return row['peak_cuda_gb'] if row.get('peak_cuda_gb') is not None else row['peak_rss_gb']
+
 def format_rows(rows: list[dict], cases: list[BenchCase] | None = None) -> str:
-    "A plain-text table of benchmark rows, with the reference figures and ratios where known."
-    refs = {c.name: c for c in cases or []}
-    lines = [f"{'case':28s} {'device':6s} {'s/step':>9s} {'peak GB':>8s} {'orig s':>8s} {'ratio':>6s} {'orig GB':>8s}"]
-    for r in rows:
-        if 'error' in r: lines.append(f"{r['case']:28s} error: {r['error']}"); continue
-        c, mem = refs.get(r['case']), r['peak_cuda_gb'] if r.get('peak_cuda_gb') is not None else r['peak_rss_gb']
-        ref_s = c.reference_seconds if c else None
-        ref_gb = c.reference_rss_gb if c else None
-        lines.append(f"{r['case']:28s} {r['device'][:6]:6s} {r['median_s']:9.3f} {mem:8.2f} "
-                     f"{ref_s if ref_s is not None else float('nan'):8.2f} "
-                     f"{r['median_s'] / ref_s if ref_s else float('nan'):6.2f} "
-                     f"{ref_gb if ref_gb is not None else float('nan'):8.2f}")
+    "Per case: stacvs's s/step and peak memory, its straightforward path's s/step (gain), and the original's (ratio)."
+    refs, by_case, nan = {c.name: c for c in cases or []}, {}, float('nan')
+    for r in rows: by_case.setdefault(r['case'], {})[r.get('path', 'optimized')] = r
+    lines = [f"{'case':24s} {'device':6s} {'s/step':>8s} {'peak GB':>7s} {'plain s':>8s} {'gain':>5s} "
+             f"{'orig s':>7s} {'ratio':>6s} {'orig GB':>7s}"]
+    for name, paths in by_case.items():
+        errors = [r['error'] for r in paths.values() if 'error' in r]
+        if errors: lines.append(f"{name:24s} error: {errors[0]}"); continue
+        fast, plain, ref = paths.get('optimized'), paths.get('straightforward'), refs.get(name)
+        s = fast['median_s'] if fast else nan
+        p = plain['median_s'] if plain else nan
+        ref_s = ref.reference_seconds if ref and ref.reference_seconds else nan
+        ref_gb = ref.reference_rss_gb if ref and ref.reference_rss_gb else nan
+        lines.append(f"{name:24s} {(fast or plain)['device'][:6]:6s} {s:8.3f} {_memory(fast or plain):7.2f} {p:8.3f} "
+                     f"{p / s:5.2f} {ref_s:7.2f} {s / ref_s:6.2f} {ref_gb:7.2f}")
     return '\n'.join(lines)

@@ -104,14 +104,16 @@ def cmd_genotype(args):
 # %% ../nbs/15_cli.ipynb #5af66f84
 def cmd_bench(args):
     from stacvs.search import SearchConfig
+    from dataclasses import replace
     from stacvs.bench import BenchCase, PAPER_CPU_CASES, time_in_subprocess, format_rows
     cases = PAPER_CPU_CASES if args.table else [
         BenchCase('config', config_from_args(SearchConfig, args, progress=False), args.image_size)]
     if args.cases: cases = [c for c in cases if any(s in c.name for s in args.cases)]
     rows = []
     for case in cases:
-        rows.append(time_in_subprocess(case, args.steps, args.warmup, args.threads))
-        print(format_rows(rows[-1:], cases).splitlines()[-1], flush=True)
+        rows += [time_in_subprocess(replace(case, path=path), args.steps, args.warmup, args.threads)
+                 for path in args.paths]  # the paths of one case run back to back: their ratio is fair
+        print(format_rows(rows[-len(args.paths):], cases).splitlines()[-1], flush=True)
     print('\n' + format_rows(rows, cases))
     if args.json: Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
@@ -174,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cases', nargs='*', help='with --table: only cases whose name contains one of these')
     p.add_argument('--image-size', type=int, default=32); p.add_argument('--steps', type=int, default=5)
     p.add_argument('--warmup', type=int, default=1); p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--paths', nargs='+', choices=['optimized', 'straightforward'], default=['optimized', 'straightforward'],
+                   help="stacvs's optimized step and/or the original code's straightforward one (same math)")
     p.add_argument('--json', help='also write the rows to this JSON file')
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser('repro', help="reproduce the papers' tables and figures",
