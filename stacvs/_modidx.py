@@ -383,6 +383,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'stacvs.methods.run_method': ('methods.html#run_method', 'stacvs/methods.py'),
                                 'stacvs.methods.run_stage': ('methods.html#run_stage', 'stacvs/methods.py'),
                                 'stacvs.methods.run_two_stage': ('methods.html#run_two_stage', 'stacvs/methods.py'),
+                                'stacvs.methods.save_paper_heatmap': ('methods.html#save_paper_heatmap', 'stacvs/methods.py'),
                                 'stacvs.methods.stage3_space': ('methods.html#stage3_space', 'stacvs/methods.py')},
             'stacvs.networks': { 'stacvs.networks.AuxiliaryHead': ('networks.html#auxiliaryhead', 'stacvs/networks.py'),
                                  'stacvs.networks.AuxiliaryHead.__init__': ('networks.html#auxiliaryhead.__init__', 'stacvs/networks.py'),

@@ -12,8 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from torchvision import datasets as tv_datasets, transforms as T
-from torchvision.transforms import v2
 from sklearn.datasets import load_digits
 from fastcore.basics import patch
 
@@ -97,6 +95,7 @@ def _digits(split):
     return x[idx], y[idx]
 
 def _torchvision_arrays(name, root, split):
+    from torchvision import datasets as tv_datasets  # imported where needed: the core library runs without it
     train = split == 'train'
     try:
         if name in ('cifar10', 'cifar100'):
@@ -357,6 +356,7 @@ class AutoAugmentArrays(Dataset):
     "uint8 images → AutoAugment → crop/flip → normalize → cutout, one image at a time."
     def __init__(self, x, y, info: DatasetInfo, cutout: int, policy: str = 'cifar10'):
         self.x, self.y = x, y
+        from torchvision.transforms import v2  # AutoAugment only: imported where needed
         self.policy = v2.AutoAugment(getattr(v2.AutoAugmentPolicy, policy.upper()))
         self.augment = default_augment(info, cutout)
         self.mean, self.std = torch.tensor(info.mean).view(-1, 1, 1), torch.tensor(info.std).view(-1, 1, 1)
@@ -374,6 +374,7 @@ def imagenet_loaders(root, batch_size: int = 128, num_workers: int = 4, seed: in
     base = Path(root if root is not None else 'ROOT') / 'imagenet'
     if root is None or not (base / 'train').is_dir() or not (base / 'val').is_dir(): raise dataset_missing('imagenet', root)
     info = DATASETS['imagenet']
+    from torchvision import datasets as tv_datasets, transforms as T  # ImageNet only: imported where needed
     norm = T.Normalize(info.mean, info.std)
     train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4, 0.2),
                           T.ToTensor(), norm])

@@ -73,6 +73,9 @@ class SearchConfig:
             raise ValueError("second_order=True needs optimization='bilevel' (one-level search has no unrolling)")
         if not (isinstance(self.layers, int) or self.layers == 'auto'):
             raise ValueError(f"layers must be a number of cells or 'auto', not {self.layers!r}")
+        if self.larc and self.second_order:
+            raise ValueError("larc=True with second_order=True is not supported: the unrolled virtual step would "
+                             "ignore LARC's local rates (VS-DARTS searches first order); drop one of them")
         if self.w_grad_clip is None: self.w_grad_clip = 5.0 if self.bilevel else 3.0
         self.a_betas = tuple(self.a_betas)
         get_space(self.space)  # fail early on an unknown space

@@ -31,6 +31,7 @@ def test_stacnas_pipeline_outputs_and_stage_spaces(tmp_path):
     r = run_method('stacnas', layers=3, stage2_layers=3, out=str(tmp_path), **TINY)
     names = {p.name for p in tmp_path.iterdir()}
     assert {'grouping', 'stage1', 'stage2', 'result.json', 'normal.png', 'reduce.png'} <= names
+    assert (tmp_path / 'grouping' / 'correlation_paper.png').exists()  # the published matrix the groups come from
     assert get_space(r['stage1_space']['name']).normal == get_space('stacnas_stage1').normal
     for t in ('normal', 'reduce'):  # stage 2: exactly `none` + the members of the group that won the edge
         for ops, won in zip(r['stage2_space'][t], r['winning_groups'][t]):
@@ -88,6 +89,8 @@ def test_measured_groups_and_stacvs_with_stage3(tmp_path):
     (['--method', 'darts', '--layers', 'auto'], 'needs a two-stage method'),
     (['--method', 'stacnas', '--alpha-per-cell'], 'not per cell'),
     (['--method', 'stacnas', '--groups', 'conv_9x9'], 'does not offer'),
+    (['--method', 'vsdarts', '--second-order'], 'larc=True with second_order=True is not supported'),
+    (['--diagnostics', 'variance'], "unknown diagnostics ['variance']"),
 ])
 def test_method_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e: main(['search', *argv, *TINY_ARGS, '--out', str(tmp_path / 'x')])
