@@ -25,15 +25,6 @@ TINY = SearchConfig(dataset='digits', layers=3, channels=4, epochs=2, batch_size
                     max_steps_per_epoch=2, progress=False, eval_valid=False, space='darts_small', seed=0)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny tensors: one thread avoids synchronization costs (and contention on a shared CPU)."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fake(model):
     return SimpleNamespace(model=model, device=torch.device('cpu'), global_step=0, run_dir=None, should_stop=False)
 

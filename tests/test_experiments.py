@@ -20,14 +20,6 @@ TINY_TRAIN = dict(dataset='digits', channels=4, layers=3, epochs=1, max_steps_pe
                   batch_size=32, cutout=2, device='cpu', progress=False)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny networks gain nothing from more threads, and OpenMP teams slow down badly when the CPU is shared."
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Counter:
     "Wraps a function of stacvs.experiments and counts its calls."
     def __init__(self, fn): self.fn, self.calls = fn, 0

@@ -11,14 +11,6 @@ from stacvs.runs import RunDir, NonFiniteLossError
 
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny networks gain nothing from more threads, and OpenMP teams slow down badly when the CPU is shared."
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = TrainConfig(genotype='DARTS_V2', dataset='digits', layers=2, channels=4, epochs=3, batch_size=64, cutout=2,
                    fraction=0.2, device='cpu', progress=False)
 
