@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_diagnostics.ipynb #361c8a6e
 from __future__ import annotations
-import copy, itertools, math, warnings
+import copy, itertools, json, math, warnings
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -56,7 +56,17 @@ class Instrument:
         "Write `record()` atomically to the search's run directory, if it has one."
         run_dir = getattr(search, 'run_dir', None)
         if run_dir is None: return None
-        return atomic_write_json(Path(run_dir.path) / 'diagnostics' / f'{self.name}.json', to_jsonable(self.record()))
+        path = Path(run_dir.path) / 'diagnostics' / f'{self.name}.json'
+        if not getattr(self, '_merged', False) and path.exists(): self._merge_saved(path, search.epoch)
+        self._merged = True
+        return atomic_write_json(path, to_jsonable(self.record()))
+
+    def _merge_saved(self, path: Path, epoch: int):
+        "A resumed search: keep the epochs its earlier run recorded (up to the checkpoint), before this run's."
+        ours = {r.get('epoch') for r in self.history}
+        saved = [r for r in json.loads(path.read_text()).get('history', [])
+                 if r.get('epoch') not in ours and r.get('epoch', 0) <= epoch]
+        self.history = sorted(saved + self.history, key=lambda r: r.get('epoch', 0))
 
     def on_search_end(self, search, result): self.write(search)
 

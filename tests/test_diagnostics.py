@@ -279,3 +279,15 @@ def test_plots_return_figures(searched, tiny_model):
 def test_hooks_are_gone_after_the_search(searched):
     s, _, _, _ = searched
     assert all(not m._forward_hooks for m in s.model.modules())
+
+
+def test_a_resumed_search_keeps_the_diagnostics_of_its_earlier_epochs(tmp_path):
+    class KillAt:
+        def on_step_end(self, s):
+            if s.global_step == 5: raise KeyboardInterrupt
+    config = SearchConfig(dataset='digits', layers=3, channels=4, epochs=3, max_steps_per_epoch=2, batch_size=16,
+                          progress=False, out=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt): Search(config, [NoneWeight(), KillAt()]).run()  # killed in epoch 3
+    Search(replace(config, resume=True), [NoneWeight()]).run()
+    saved = json.loads((tmp_path / 'diagnostics' / 'none_weight.json').read_text())
+    assert [r['epoch'] for r in saved['history']] == [1, 2, 3]
