@@ -142,6 +142,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'stacvs.diagnostics.Instrument': ('diagnostics.html#instrument', 'stacvs/diagnostics.py'),
                                     'stacvs.diagnostics.Instrument.__init__': ( 'diagnostics.html#instrument.__init__',
                                                                                 'stacvs/diagnostics.py'),
+                                    'stacvs.diagnostics.Instrument._merge_saved': ( 'diagnostics.html#instrument._merge_saved',
+                                                                                    'stacvs/diagnostics.py'),
                                     'stacvs.diagnostics.Instrument.on_search_end': ( 'diagnostics.html#instrument.on_search_end',
                                                                                      'stacvs/diagnostics.py'),
                                     'stacvs.diagnostics.Instrument.record': ('diagnostics.html#instrument.record', 'stacvs/diagnostics.py'),
