@@ -131,3 +131,10 @@ def test_cli_stacvs_end_to_end_with_diagnostics_per_stage(tmp_path):
     assert r['method'] == 'stacvs'
     for stage in ('stage1', 'stage2'):
         assert (tmp_path / stage / 'diagnostics' / 'node_variance.png').exists()
+
+
+def test_named_representatives_make_the_stage1_space(tmp_path):
+    r = run_method('stacnas', layers=2, stage2_layers=2, representatives='avg_pool_3x3,sep_conv_5x5',
+                   out=str(tmp_path), **TINY)
+    ops = set(r['stage1_space']['normal'][0])
+    assert ops == {'none', 'avg_pool_3x3', 'skip_connect', 'sep_conv_5x5', 'dil_conv_3x3'}
