@@ -210,10 +210,10 @@ def progress(iterable, # what to loop over
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device, amp: bool = False, max_steps: int | None = None,
              channels_last: bool = False) -> dict:
-    "Loss and accuracy of `model` (eval mode, main head) over `loader`, at most `max_steps` batches."
+    "Loss, top-1 and top-5 accuracy of `model` (eval mode, main head) over `loader`, at most `max_steps` batches."
     model.eval()
     device = torch.device(device)
-    sums = torch.zeros(3, device=device)
+    sums = torch.zeros(4, device=device)
     # an ArrayLoader continues a pass that an earlier (capped) evaluation left unfinished; start a fresh pass instead,
     # so that every evaluation sees the same batches
     if 0 < getattr(loader, 'position', 0) < len(loader): loader.position = len(loader)
@@ -223,7 +223,8 @@ def evaluate(model: torch.nn.Module, loader, device, amp: bool = False, max_step
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == 'cuda'):
             out = model(x)
         logits = (out[0] if isinstance(out, tuple) else out).float()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         sums += torch.stack([F.cross_entropy(logits, y, reduction='sum'), (logits.argmax(1) == y).sum().float(),
-                             torch.tensor(float(len(y)), device=device)])
-    loss, correct, n = sums.tolist()
-    return dict(loss=loss / max(n, 1), acc=correct / max(n, 1))
+                             (top5 == y[:, None]).any(1).sum().float(), torch.tensor(float(len(y)), device=device)])
+    loss, correct, correct5, n = sums.tolist()
+    return dict(loss=loss / max(n, 1), acc=correct / max(n, 1), acc5=correct5 / max(n, 1))

@@ -282,7 +282,7 @@ def run(self: Trainer) -> dict:
         self.scheduler.step(); self.epoch += 1
         seconds = time.time() - start; self.seconds += seconds
         record = dict(epoch=self.epoch, lr=lr, drop_path_prob=self.model.drop_path_prob, **stats,
-                      test_loss=test['loss'], test_acc=test['acc'], seconds=seconds)
+                      test_loss=test['loss'], test_acc=test['acc'], test_acc5=test['acc5'], seconds=seconds)
         if test['acc'] > self.best['test_acc']: self.best = dict(test_acc=test['acc'], epoch=self.epoch)
         self.last_record = record
         if rd: rd.log(record); rd.save_checkpoint(self.state_dict())
@@ -299,7 +299,7 @@ def finish(self: Trainer, seconds: float) -> dict:
     c, rd, last = self.config, self.run_dir, self.last_record or {}
     params = count_parameters(self.model)
     result = dict(kind='train', genotype=genotype_record(self.genotype), dataset=c.dataset, protocol=c.protocol,
-                  seed=c.seed, epochs=self.epoch, test_acc=last.get('test_acc'), test_loss=last.get('test_loss'),
+                  seed=c.seed, epochs=self.epoch, test_acc=last.get('test_acc'), test_acc5=last.get('test_acc5'), test_loss=last.get('test_loss'),
                   train_acc=last.get('train_acc'), train_loss=last.get('train_loss'),
                   best_test_acc=self.best['test_acc'] if self.best['epoch'] else None,
                   best_epoch=self.best['epoch'], best_note=BEST_NOTE, params=params, params_m=params / 1e6,
