@@ -56,8 +56,8 @@ def config_from_args(config_cls, args: argparse.Namespace, **extra):
     return config_cls(**values, **extra)
 
 # %% ../nbs/15_cli.ipynb #a09c2a05
-def _default_out(kind, args, *parts):
-    return str(Path('runs') / '-'.join([kind, *map(str, parts), f"seed{args.seed}"]))
+def _default_out(kind, seed, *parts):
+    return str(Path('runs') / '-'.join([kind, *map(str, parts), f"seed{seed}"]))
 
 def cmd_search(args):
     from stacvs.methods import run_method
@@ -65,7 +65,7 @@ def cmd_search(args):
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
              if k not in ('command', 'func', 'method')}
     if 'out' not in given:
-        given['out'] = _default_out('search', argparse.Namespace(seed=given.get('seed', 0)), args.method,
+        given['out'] = _default_out('search', given.get('seed', 0), args.method,
                                     given.get('dataset', 'cifar10'))
     names, ratio = given.pop('diagnostics', None) or [], given.pop('early_stop_ratio', None)
     if ratio is not None and 'hessian' not in names: names = [*names, 'hessian']  # DARTS-ES needs the eigenvalue
@@ -77,7 +77,7 @@ def cmd_search(args):
 
 def cmd_train(args):
     from stacvs.train import TrainConfig, train
-    if args.out is None: args.out = _default_out('train', args, Path(str(args.genotype)).stem, args.dataset)
+    if args.out is None: args.out = _default_out('train', args.seed, Path(str(args.genotype)).stem, args.dataset)
     result = train(config_from_args(TrainConfig, args))  # the protocol's presets fill fields left at defaults
     print(f"final test accuracy {result['test_acc']:.4f} after {result['epochs']} epochs; results in {args.out}")
     return result
