@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 import numpy as np
 import torch
@@ -17,10 +18,10 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['DATASETS', 'DIGITS_TRAIN_SIZE', 'DatasetInfo', 'get_dataset_info', 'DatasetNotFoundError', 'dataset_missing',
-           'load_arrays', 'derive_seed', 'keyed_generator', 'crop_flip', 'apply_cutout', 'BatchAugment',
-           'default_augment', 'EpochCursor', 'ArrayLoader', 'ForeverIterator', 'subset_indices', 'search_loaders',
-           'KeyedRandomDataset', 'ResumableDataLoader', 'AutoAugmentArrays', 'imagenet_loaders', 'train_loaders',
-           'synthetic_arrays']
+           'load_arrays', 'derive_seed', 'keyed_generator', 'crop_flip', 'apply_cutout', 'BatchRows', 'shard_rows',
+           'BatchAugment', 'default_augment', 'EpochCursor', 'ArrayLoader', 'ForeverIterator', 'subset_indices',
+           'search_loaders', 'KeyedRandomDataset', 'ResumableDataLoader', 'AutoAugmentArrays', 'imagenet_loaders',
+           'train_loaders', 'synthetic_arrays']
 
 # %% ../nbs/06_data.ipynb #6773b4e2
 @dataclass(frozen=True)
@@ -162,6 +163,19 @@ def apply_cutout(x: torch.Tensor, # images (N, C, H, W)
     in_x = (xs >= (cx - length // 2).clamp(0, w)) & (xs < (cx + length // 2).clamp(0, w))
     return x * ~(in_y[:, None, :, None] & in_x[:, None, None, :])
 
+# %% ../nbs/06_data.ipynb #c90ea673
+class BatchRows(NamedTuple):
+    "Rows `start:stop` of a batch of `total` samples."
+    start: int
+    stop: int
+    total: int
+
+def shard_rows(total: int, # samples in the (global) batch
+               rank: int, world_size: int) -> BatchRows:
+    "The contiguous rows of a `total`-sample batch that `rank` of `world_size` takes (sizes differ by at most one)."
+    if not 0 <= rank < world_size: raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
+    return BatchRows(total * rank // world_size, total * (rank + 1) // world_size, total)
+
 # %% ../nbs/06_data.ipynb #1a211e73
 @dataclass
 class BatchAugment:
@@ -170,23 +184,25 @@ class BatchAugment:
     flip: bool = True # random horizontal flips
     cutout: int = 0 # side of the cutout square (0: no cutout)
 
-    def before_normalize(self, x, generator: torch.Generator | None):
+    def before_normalize(self, x, generator: torch.Generator | None,
+                         rows: BatchRows | None = None): # x is these rows of a larger batch (a rank's shard)
         "Random crop and flip of uint8 (or float) images."
-        n, p = len(x), self.crop_padding
+        n, p = rows.total if rows else len(x), self.crop_padding
         if not p and not self.flip: return x
         offsets = (torch.randint(0, 2 * p + 1, (n, 2), generator=generator) if p
                    else torch.zeros(n, 2, dtype=torch.long))
         flips = (torch.randint(0, 2, (n,), generator=generator).bool() if self.flip
                  else torch.zeros(n, dtype=torch.bool))
+        if rows: offsets, flips = offsets[rows.start:rows.stop], flips[rows.start:rows.stop]
         return crop_flip(x, p, offsets, flips)
 
-    def after_normalize(self, x, generator: torch.Generator | None):
+    def after_normalize(self, x, generator: torch.Generator | None, rows: BatchRows | None = None):
         "Cutout of normalized images, centres uniform over the image."
         if self.cutout <= 0: return x
-        n, _, h, w = x.shape
+        n, (h, w) = rows.total if rows else len(x), x.shape[2:]
         centres = torch.stack([torch.randint(0, h, (n,), generator=generator),
                                torch.randint(0, w, (n,), generator=generator)], 1)
-        return apply_cutout(x, centres, self.cutout)
+        return apply_cutout(x, centres[rows.start:rows.stop] if rows else centres, self.cutout)
 
 def default_augment(info: DatasetInfo, cutout: int = 0) -> BatchAugment:
     "The DARTS augmentation scaled to `info.image_size`, flipping only where that keeps labels."
@@ -195,13 +211,22 @@ def default_augment(info: DatasetInfo, cutout: int = 0) -> BatchAugment:
 # %% ../nbs/06_data.ipynb #a26e3289
 class EpochCursor:
     "Epoch/position bookkeeping and seeded epoch orders shared by the resumable loaders."
-    def _init_cursor(self, n, batch_size, shuffle, drop_last, seed, stream=0):
+    def _init_cursor(self, n, batch_size, shuffle, drop_last, seed, stream=0, shard=(0, 1)):
         if batch_size < 1: raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         if n == 0 or (drop_last and n < batch_size):
             raise ValueError(f"the loader would have no batches ({n} samples, batch_size {batch_size}, drop_last "
                              f"{drop_last}); use more data (fraction, train_portion) or a smaller batch")
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.seed, self.stream, self.epoch, self.position = seed, stream, 0, 0
+        self.shard = tuple(shard)
+        smallest = batch_size if drop_last or n % batch_size == 0 else min(batch_size, n % batch_size)
+        if shard_rows(smallest, *self.shard).start == shard_rows(smallest, *self.shard).stop:
+            raise ValueError(f"a batch of {smallest} samples leaves rank {shard[0]} of {shard[1]} with none; use a "
+                             f"(global) batch size of at least {shard[1]}, drop_last, or another fraction of the data")
+
+    def shard_of(self, size: int) -> BatchRows | None:
+        "This rank's rows of a `size`-sample batch (None in a single process: the whole batch)."
+        return shard_rows(size, *self.shard) if self.shard[1] > 1 else None
 
     def __len__(self):
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
@@ -233,12 +258,13 @@ class ArrayLoader(EpochCursor):
                  augment: BatchAugment | None = None, # batchwise augmentation, or None
                  device='cpu', # where the images live and batches are made
                  seed: int = 0, # seeds the epoch orders and augmentations
-                 channels_last: bool = False): # return batches in channels-last memory format (fast convs on CUDA)
+                 channels_last: bool = False, # return batches in channels-last memory format (fast convs on CUDA)
+                 shard: tuple[int, int] = (0, 1)): # (rank, world size): yield this rank's rows of every batch
         x, y = torch.as_tensor(x), torch.as_tensor(y)
         if x.dtype != torch.uint8 or x.ndim != 4 or len(x) != len(y):
             raise ValueError(f"ArrayLoader needs uint8 images (N, C, H, W) and N labels, got {x.dtype} images of "
                              f"shape {tuple(x.shape)} and {len(y)} labels")
-        self._init_cursor(len(x), batch_size, shuffle, drop_last, seed)
+        self._init_cursor(len(x), batch_size, shuffle, drop_last, seed, shard=shard)
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device), y.long().to(self.device)
         self.augment, self.channels_last = augment, channels_last
@@ -258,11 +284,13 @@ def batch(self: ArrayLoader, epoch: int, index: int):
     "Batch `index` of `epoch`: augmented, normalized float images and labels on the loader's device."
     if self._order_cache[0] != epoch: self._order_cache = (epoch, self.order(epoch).to(self.device))
     idx = self._order_cache[1][index * self.batch_size:(index + 1) * self.batch_size]
+    rows = self.shard_of(len(idx))
+    if rows: idx = idx[rows.start:rows.stop]
     x = self.x[idx]
     g = keyed_generator(self.seed, self.stream, _AUGMENT, epoch, index) if self.augment else None
-    if self.augment: x = self.augment.before_normalize(x, g)
+    if self.augment: x = self.augment.before_normalize(x, g, rows)
     x = x.float().mul_(self._scale).sub_(self._shift)
-    if self.augment: x = self.augment.after_normalize(x, g)
+    if self.augment: x = self.augment.after_normalize(x, g, rows)
     if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
     return x, self.y[idx]
 
@@ -279,7 +307,7 @@ def __iter__(self: ArrayLoader):
 def eval_loader(self: ArrayLoader, batch_size: int | None = None) -> ArrayLoader:
     "An unshuffled, unaugmented loader over the same device-resident images (for evaluation); shares no cursor."
     return ArrayLoader(self.x, self.y, batch_size or self.batch_size, shuffle=False, mean=self.mean, std=self.std,
-                       device=self.device, seed=self.seed, channels_last=self.channels_last)
+                       device=self.device, seed=self.seed, channels_last=self.channels_last, shard=self.shard)
 
 # %% ../nbs/06_data.ipynb #e20a49f9
 class ForeverIterator:
@@ -308,13 +336,14 @@ def search_loaders(dataset: str, # a key of `DATASETS` other than 'imagenet'
                    fraction: float = 1.0, # use this seeded share of the training images
                    seed: int = 0, device='cpu',
                    augment: bool = True, # crop + flip (DARTS search augmentation)
-                   channels_last: bool = False):
+                   channels_last: bool = False,
+                   shard: tuple[int, int] = (0, 1)): # (rank, world size) under torchrun
     "(train loader, valid loader) for bilevel search, (all-data loader, None) for one-level."
     info = get_dataset_info(dataset)
     x, y = load_arrays(dataset, root, 'train')
     idx = subset_indices(len(x), fraction, seed)
     kw = dict(mean=info.mean, std=info.std, augment=default_augment(info) if augment else None, device=device,
-              channels_last=channels_last)
+              channels_last=channels_last, shard=shard)
     if not bilevel: return ArrayLoader(x[idx], y[idx], batch_size, seed=seed, **kw), None
     n_train = int(train_portion * len(idx))
     if not 0 < n_train < len(idx):
@@ -338,15 +367,21 @@ class KeyedRandomDataset(Dataset):
 class ResumableDataLoader(EpochCursor):
     "A `DataLoader` over a `KeyedRandomDataset` with `ArrayLoader`'s seeded, resumable epochs."
     def __init__(self, dataset: KeyedRandomDataset, batch_size: int, shuffle: bool = True, drop_last: bool = False,
-                 num_workers: int = 0, seed: int = 0):
-        self._init_cursor(len(dataset), batch_size, shuffle, drop_last, seed)
+                 num_workers: int = 0, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1)): # (rank, world size): yield this rank's rows of every batch
+        self._init_cursor(len(dataset), batch_size, shuffle, drop_last, seed, shard=shard)
         self.dataset, self.num_workers = dataset, num_workers
+
+    def _remaining_batches(self) -> list[list[tuple[int, int]]]:
+        "The dataset keys of the rest of this epoch's batches (this rank's rows of each)."
+        order, size = self.order(self.epoch), self.batch_size
+        batches = [order[b * size:(b + 1) * size] for b in range(self.position, len(self))]
+        shards = [(b, self.shard_of(len(b))) for b in batches]
+        return [[(self.epoch, int(i)) for i in (b[r.start:r.stop] if r else b)] for b, r in shards]
 
     def __iter__(self):
         self._start_pass()
-        epoch, order = self.epoch, self.order(self.epoch)
-        keys = [(epoch, int(i)) for i in order[self.position * self.batch_size:len(self) * self.batch_size]]
-        for batch in DataLoader(self.dataset, self.batch_size, sampler=keys, num_workers=self.num_workers,
+        for batch in DataLoader(self.dataset, batch_sampler=self._remaining_batches(), num_workers=self.num_workers,
                                 pin_memory=torch.cuda.is_available()):
             self.position += 1
             yield batch
@@ -369,7 +404,7 @@ class AutoAugmentArrays(Dataset):
         return self.augment.after_normalize(img, None)[0], self.y[i]
 
 # %% ../nbs/06_data.ipynb #84c6373e
-def imagenet_loaders(root, batch_size: int = 128, num_workers: int = 4, seed: int = 0):
+def imagenet_loaders(root, batch_size: int = 128, num_workers: int = 4, seed: int = 0, shard: tuple[int, int] = (0, 1)):
     "(train, val) loaders over `root/imagenet/{train,val}` with the DARTS ImageNet transforms."
     base = Path(root if root is not None else 'ROOT') / 'imagenet'
     if root is None or not (base / 'train').is_dir() or not (base / 'val').is_dir(): raise dataset_missing('imagenet', root)
@@ -381,8 +416,8 @@ def imagenet_loaders(root, batch_size: int = 128, num_workers: int = 4, seed: in
     test_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
     train = KeyedRandomDataset(tv_datasets.ImageFolder(base / 'train', train_tf), seed)
     test = KeyedRandomDataset(tv_datasets.ImageFolder(base / 'val', test_tf), seed)
-    return (ResumableDataLoader(train, batch_size, True, False, num_workers, seed),
-            ResumableDataLoader(test, batch_size, False, False, num_workers, seed))
+    return (ResumableDataLoader(train, batch_size, True, False, num_workers, seed, shard),
+            ResumableDataLoader(test, batch_size, False, False, num_workers, seed, shard))
 
 def _capped_cutout(cutout: int, info: DatasetInfo) -> int:
     if cutout > info.image_size // 2:
@@ -399,9 +434,10 @@ def train_loaders(dataset: str, # a key of `DATASETS`
                   fraction: float = 1.0, # use this seeded share of the training images
                   seed: int = 0, device='cpu',
                   num_workers: int = 0, # DataLoader workers (AutoAugment and ImageNet only)
-                  channels_last: bool = False):
+                  channels_last: bool = False,
+                  shard: tuple[int, int] = (0, 1)): # (rank, world size) under torchrun
     "(train loader, test loader) for final-network training."
-    if dataset == 'imagenet': return imagenet_loaders(root, batch_size, num_workers, seed)
+    if dataset == 'imagenet': return imagenet_loaders(root, batch_size, num_workers, seed, shard)
     info = get_dataset_info(dataset)
     cutout = _capped_cutout(cutout, info)
     x, y = load_arrays(dataset, root, 'train')
@@ -409,13 +445,13 @@ def train_loaders(dataset: str, # a key of `DATASETS`
     x, y = x[idx], y[idx]
     xt, yt = load_arrays(dataset, root, 'test')
     test = ArrayLoader(xt, yt, batch_size, shuffle=False, mean=info.mean, std=info.std, device=device,
-                       channels_last=channels_last)
+                       channels_last=channels_last, shard=shard)
     if autoaugment:
         policy = 'svhn' if dataset == 'svhn' else 'cifar10'
         data = KeyedRandomDataset(AutoAugmentArrays(x, y, info, cutout, policy), seed)
-        return ResumableDataLoader(data, batch_size, num_workers=num_workers, seed=seed), test
+        return ResumableDataLoader(data, batch_size, num_workers=num_workers, seed=seed, shard=shard), test
     train = ArrayLoader(x, y, batch_size, mean=info.mean, std=info.std, augment=default_augment(info, cutout),
-                        device=device, seed=seed, channels_last=channels_last)
+                        device=device, seed=seed, channels_last=channels_last, shard=shard)
     return train, test
 
 # %% ../nbs/06_data.ipynb #fcd16757

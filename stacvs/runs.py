@@ -8,6 +8,7 @@ import dataclasses, io, itertools, json, os, platform, random, subprocess, sys, 
 from pathlib import Path
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
@@ -226,5 +227,6 @@ def evaluate(model: torch.nn.Module, loader, device, amp: bool = False, max_step
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         sums += torch.stack([F.cross_entropy(logits, y, reduction='sum'), (logits.argmax(1) == y).sum().float(),
                              (top5 == y[:, None]).any(1).sum().float(), torch.tensor(float(len(y)), device=device)])
+    if dist.is_available() and dist.is_initialized(): dist.all_reduce(sums)  # torchrun: every rank's batches
     loss, correct, correct5, n = sums.tolist()
     return dict(loss=loss / max(n, 1), acc=correct / max(n, 1), acc5=correct5 / max(n, 1))

@@ -15,8 +15,10 @@ from .cells import Supernet, CELL_TYPES
 from .larc import LARC
 from .genotypes import derive_genotype, genotype_to_dict, save_cell_diagrams
 from .data import search_loaders, get_dataset_info, ForeverIterator
-from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, resolve_device,
-                         progress, NonFiniteLossError, check_finite, evaluate)
+from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
+                         NonFiniteLossError, check_finite, evaluate)
+from .distributed import (init_distributed, rank_device, replicate, all_reduce_, all_reduce_grads, batch_share,
+                                start_run_dir)
 
 # %% auto #0
 __all__ = ['OPTIMIZATIONS', 'SearchConfig', 'weight_optimizer', 'Search', 'gradients', 'search']
@@ -62,6 +64,7 @@ class SearchConfig:
     device: str = 'auto'
     amp: bool = False # bf16 autocast on CUDA (α, softmax and BN statistics stay fp32)
     channels_last: bool = False
+    sync_bn: bool = True # under torchrun: BatchNorm statistics over the global batch (False: per rank, as DARTS's code)
     out: str | None = None # run directory; None keeps everything in memory
     resume: bool = False
     progress: bool = True
@@ -95,16 +98,18 @@ class Search:
         if not isinstance(config.layers, int):
             raise ValueError(f"layers={config.layers!r} needs a two-stage method (stacnas, stacvs); give a number of cells")
         self.config, self.callbacks = config, list(callbacks)
-        self.device = resolve_device(config.device)
+        self.dist = init_distributed()  # a single process unless started by torchrun
+        self.device = rank_device(config.device, self.dist)
         seed_everything(config.seed)
         self.info = get_dataset_info(config.dataset)
         self.train_loader, self.valid_loader = loaders or search_loaders(
             config.dataset, config.data_root, config.batch_size, bilevel=config.bilevel,
             train_portion=config.train_portion, fraction=config.fraction, seed=config.seed,
-            device=self.device, augment=config.augment)
+            device=self.device, augment=config.augment, shard=self.dist.shard)
         self.model = (model or Supernet(config.channels, self.info.num_classes, config.layers, config.space,
                                         config.stem_multiplier, self.info.in_channels, config.relaxation,
                                         config.alpha_per_cell, config.node_norm)).to(self.device)
+        self.model = replicate(self.model, self.dist, config.sync_bn)  # under torchrun: same start, global-batch BN
         if config.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         self.w_optimizer = weight_optimizer(self.model.weights(), config)
         self.a_optimizer = torch.optim.Adam(self.model.alphas(), config.a_lr, betas=config.a_betas,
@@ -116,7 +121,7 @@ class Search:
         self.valid_iter = ForeverIterator(self.valid_loader) if self.valid_loader is not None else None
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.should_stop = False  # a callback (e.g. DARTS-ES) sets it to end the search after this epoch
-        self.run_dir = RunDir(config.out) if config.out else None
+        self.run_dir = RunDir(config.out) if config.out and self.dist.is_main else None  # rank 0 writes
 
 # %% ../nbs/08_search.ipynb #e8e32e27
 @patch
@@ -125,7 +130,9 @@ def loss(self: Search, x, y):
     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp and self.device.type == 'cuda'):
         logits = self.model(x)
     if logits.dtype in (torch.bfloat16, torch.float16): logits = logits.float()
-    return F.cross_entropy(logits, y), logits
+    loss = F.cross_entropy(logits, y)
+    # under torchrun: this rank's share of the global batch's mean loss; the ranks then sum their gradients
+    return (loss * batch_share(len(y), self.device) if self.dist.active else loss), logits
 
 @patch
 def _weight_update(self: Search):
@@ -139,6 +146,7 @@ def one_level_step(self: Search, x, y):
     self.w_optimizer.zero_grad(set_to_none=True); self.a_optimizer.zero_grad(set_to_none=True)
     loss, logits = self.loss(x, y)
     loss.backward()
+    all_reduce_grads(self.model.parameters())  # α and weights alike (no-op in a single process)
     self._weight_update()
     self.a_optimizer.step()
     return loss.detach(), logits.detach()
@@ -153,7 +161,7 @@ def gradients(loss, params):
 def first_order_alpha_grad(self: Search, x_valid, y_valid):
     "∇α L_val(w, α); returns the valid loss and logits."
     loss, logits = self.loss(x_valid, y_valid)
-    grads = gradients(loss, self.model.alphas())
+    grads = all_reduce_(gradients(loss, self.model.alphas()))
     return grads, loss.detach(), logits.detach()
 
 @patch
@@ -167,6 +175,7 @@ def bilevel_step(self: Search, x, y, x_valid, y_valid):
     self.w_optimizer.zero_grad(set_to_none=True)
     loss, logits = self.loss(x, y)
     torch.autograd.backward(loss, inputs=self.model.weights())
+    all_reduce_grads(self.model.weights())
     self._weight_update()
     return loss.detach(), logits.detach(), valid_loss, valid_logits
 
@@ -184,7 +193,7 @@ def second_order_alpha_grad(self: Search, x_valid, y_valid, x, y):
     group = opt.param_groups[0]
     eta, momentum, wd = group['lr'], group['momentum'], group['weight_decay']
     w0 = [p.detach().clone() for p in weights]
-    train_grads = gradients(self.loss(x, y)[0], weights)
+    train_grads = all_reduce_(gradients(self.loss(x, y)[0], weights))
     with torch.no_grad():
         unrolled = []
         for param, p, g in zip(weights, w0, train_grads):
@@ -192,7 +201,7 @@ def second_order_alpha_grad(self: Search, x_valid, y_valid, x, y):
             unrolled.append(p - eta * (g + wd * p + (momentum * buf if buf is not None else 0.)))
     _set_params(weights, unrolled)
     valid_loss, valid_logits = self.loss(x_valid, y_valid)
-    grads = gradients(valid_loss, alphas + weights)
+    grads = all_reduce_(gradients(valid_loss, alphas + weights))
     alpha_grads, v = grads[:len(alphas)], grads[len(alphas):]
     hvp = self.hessian_vector_product(w0, v, x, y)
     _set_params(weights, w0)
@@ -204,9 +213,9 @@ def hessian_vector_product(self: Search, w, v, x, y):
     weights, alphas = self.model.weights(), self.model.alphas()
     R = self.config.hvp_r / torch.sqrt(sum((t.float() ** 2).sum() for t in v))
     _set_params(weights, w, R, v)
-    grads_pos = gradients(self.loss(x, y)[0], alphas)
+    grads_pos = all_reduce_(gradients(self.loss(x, y)[0], alphas))
     _set_params(weights, w, -R, v)
-    grads_neg = gradients(self.loss(x, y)[0], alphas)
+    grads_neg = all_reduce_(gradients(self.loss(x, y)[0], alphas))
     return [(gp - gn) / (2 * R) for gp, gn in zip(grads_pos, grads_neg)]
 
 # %% ../nbs/08_search.ipynb #39232c35
@@ -259,6 +268,7 @@ def save_checkpoint(self: Search):
 
 # %% ../nbs/08_search.ipynb #3eb0ed94
 def _accuracy(logits, y): return (logits.argmax(1) == y).sum()
+def _loss_sum(logits, y): return F.cross_entropy(logits, y, reduction='sum')
 
 @patch
 def train_epoch(self: Search) -> dict:
@@ -267,20 +277,21 @@ def train_epoch(self: Search) -> dict:
     steps = len(self.train_loader) if c.max_steps_per_epoch is None else min(len(self.train_loader), c.max_steps_per_epoch)
     self.model.train()
     bar = progress(range(self.step_in_epoch, steps), desc=f"search epoch {self.epoch + 1}/{c.epochs}",
-                   disable=not c.progress, leave=False)
+                   disable=not (c.progress and self.dist.is_main), leave=False)
     for _ in bar:
         x, y = next(self.train_iter)
         if c.bilevel:
             xv, yv = next(self.valid_iter)
             loss, logits, vloss, vlogits = self.bilevel_step(x, y, xv, yv)
-            sums[3] += vloss * len(yv); sums[4] += _accuracy(vlogits, yv)
+            sums[3] += _loss_sum(vlogits, yv); sums[4] += _accuracy(vlogits, yv)
         else: loss, logits = self.one_level_step(x, y)
         check_finite(loss, f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}")
-        sums[0] += loss * len(y); sums[1] += _accuracy(logits, y); sums[2] += len(y)
+        sums[0] += _loss_sum(logits, y); sums[1] += _accuracy(logits, y); sums[2] += len(y)
         self.step_in_epoch += 1; self.global_step += 1
         for cb in self.callbacks: getattr(cb, 'on_step_end', lambda s: None)(self)
         if c.checkpoint_every and self.step_in_epoch % c.checkpoint_every == 0 and self.step_in_epoch < steps:
             self.save_checkpoint()
+    all_reduce_([sums])  # under torchrun: the whole global batch's sums
     n = sums[2].clamp(min=1).item()
     stats = dict(train_loss=sums[0].item() / n, train_acc=sums[1].item() / n)
     if c.bilevel: stats.update(valid_batch_loss=sums[3].item() / n, valid_batch_acc=sums[4].item() / n)
@@ -305,12 +316,12 @@ def epoch_record(self: Search, stats: dict, seconds: float) -> dict:
 def _start(self: Search):
     "Write the config (refusing to overwrite an earlier run), or with `resume` continue from its checkpoint."
     c, rd = self.config, self.run_dir
-    if not rd: return
+    if not c.out: return
     config = dict(to_jsonable(asdict(c)), space_definition=space_to_dict(self.model.space), kind='search')
-    state = rd.start(config, resume=c.resume)
+    state = start_run_dir(rd, c.out, config, c.resume)  # rank 0 writes; under torchrun all ranks get its checkpoint
     if state is not None:
         self.load_state_dict(state)
-        rd.truncate_log(self.epoch + 1)  # records are numbered from 1; keep the finished epochs
+        if rd: rd.truncate_log(self.epoch + 1)  # records are numbered from 1; keep the finished epochs
 
 @patch
 def run(self: Search) -> dict:

@@ -15,8 +15,10 @@ from matplotlib.figure import Figure
 from .genotypes import Genotype, get_genotype, genotype_to_dict, save_cell_diagrams, plot_cell
 from .networks import NetworkCIFAR, NetworkImageNet, count_parameters, cell_genotypes, is_per_cell
 from .data import train_loaders, get_dataset_info, DatasetInfo
-from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, resolve_device,
-                         progress, check_finite, evaluate)
+from torch.nn.parallel import DistributedDataParallel
+from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress, check_finite,
+                         evaluate)
+from .distributed import init_distributed, rank_device, replicate, all_reduce_, batch_share, start_run_dir
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SCHEDULES', 'BEST_NOTE', 'check_protocol', 'TrainConfig', 'train_config', 'apply_protocol',
@@ -77,6 +79,7 @@ class TrainConfig:
     device: str = 'auto'
     amp: bool = False # bf16 autocast (CUDA only)
     channels_last: bool = False
+    sync_bn: bool = True # under torchrun: BatchNorm statistics over the global batch (False: per rank)
     out: str | None = None # run directory; None keeps everything in memory
     resume: bool = False # continue the checkpoint in `out`
     progress: bool = True # progress bars (shown on terminals and in notebooks)
@@ -161,23 +164,28 @@ class Trainer:
     def __init__(self, config: TrainConfig, callbacks=(), model: nn.Module | None = None, loaders=None):
         self.config, self.callbacks = config, list(callbacks)
         c = config
-        self.device = resolve_device(c.device)
+        self.dist = init_distributed()  # a single process unless started by torchrun
+        self.device = rank_device(c.device, self.dist)
         seed_everything(c.seed)
         self.info, self.genotype = get_dataset_info(c.dataset), resolve_genotype(c)
-        self.model = (model or build_network(c, self.info)).to(self.device)
+        self.model = replicate((model or build_network(c, self.info)).to(self.device), self.dist, c.sync_bn)
         if c.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
+        # under torchrun DDP averages the gradients during the backward; self.model stays the plain network
+        self.forward_model = (DistributedDataParallel(self.model, broadcast_buffers=False) if self.dist.active
+                              else self.model)
         if c.autoaugment and c.dataset == 'imagenet':
             warnings.warn("stacvs.data has no AutoAugment for ImageNet yet: training without it")
         self.train_loader, self.test_loader = loaders or train_loaders(
             c.dataset, c.data_root, c.batch_size, cutout=c.cutout, autoaugment=c.autoaugment, fraction=c.fraction,
-            seed=c.seed, device=self.device, num_workers=c.num_workers, channels_last=c.channels_last)
+            seed=c.seed, device=self.device, num_workers=c.num_workers, channels_last=c.channels_last,
+            shard=self.dist.shard)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
         self.optimizer = torch.optim.SGD(self.model.parameters(), c.lr, momentum=c.momentum,
                                          weight_decay=c.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, c)
         self.epoch, self.seconds, self.last_record = 0, 0.0, None
         self.best = dict(test_acc=-1.0, epoch=None)
-        self.run_dir = RunDir(c.out) if c.out else None
+        self.run_dir = RunDir(c.out) if c.out and self.dist.is_main else None  # rank 0 writes
 
     def _callback(self, name, *args):
         for cb in self.callbacks: getattr(cb, name, lambda *a: None)(self, *args)
@@ -199,11 +207,13 @@ def train_step(self: Trainer, x, y) -> torch.Tensor:
     c = self.config
     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
     if c.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-    with self._autocast(): logits, logits_aux = self.model(x)
+    with self._autocast(): logits, logits_aux = self.forward_model(x)
     loss = self.criterion(logits.float(), y)
     if logits_aux is not None: loss = loss + c.auxiliary_weight * self.criterion(logits_aux.float(), y)
     self.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    # torchrun: DDP averages over ranks, so each rank back-propagates world_size × its share of the global mean loss
+    scale = batch_share(len(y), self.device) * self.dist.world_size if self.dist.active else 1.0
+    (loss * scale).backward()
     if c.grad_clip: nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
     self.optimizer.step()
     return torch.stack([loss.detach() * len(y), (logits.detach().argmax(1) == y).sum().float()])
@@ -214,13 +224,14 @@ def train_epoch(self: Trainer) -> dict:
     c = self.config
     self.model.train()
     self.model.drop_path_prob = c.drop_path_prob * self.epoch / c.epochs
-    steps, sums, n = self._steps(self.train_loader), torch.zeros(2, device=self.device), 0
+    steps, sums = self._steps(self.train_loader), torch.zeros(3, device=self.device)  # loss · n, correct, n
     batches = progress(itertools.islice(self.train_loader, steps), total=steps, leave=False,
-                       desc=f"epoch {self.epoch + 1}/{c.epochs}", disable=not c.progress)
+                       desc=f"epoch {self.epoch + 1}/{c.epochs}", disable=not (c.progress and self.dist.is_main))
     for x, y in batches:
-        sums += self.train_step(x, y); n += len(y)
+        sums += torch.cat([self.train_step(x, y), sums.new_tensor([len(y)])])
         self._callback('on_step_end')
-    loss, correct = (sums / max(n, 1)).tolist()
+    all_reduce_([sums])  # under torchrun: over the whole global batch
+    loss, correct = (sums[:2] / sums[2].clamp(min=1)).tolist()
     check_finite(loss, f"epoch {self.epoch + 1}")
     return dict(train_loss=loss, train_acc=correct)
 
@@ -262,11 +273,11 @@ def config_record(self: Trainer) -> dict:
 
 @patch
 def _start(self: Trainer):
-    if self.run_dir is None: return
-    state = self.run_dir.start(self.config_record(), self.config.resume)
+    if not self.config.out: return
+    state = start_run_dir(self.run_dir, self.config.out, self.config_record(), self.config.resume)
     if state is not None:
         self.load_state_dict(state)
-        self.run_dir.truncate_log(self.epoch + 1)  # records are numbered from 1; keep the checkpointed epochs
+        if self.run_dir: self.run_dir.truncate_log(self.epoch + 1)  # records are numbered from 1; keep those epochs
 
 @patch
 def run(self: Trainer) -> dict:
@@ -275,7 +286,7 @@ def run(self: Trainer) -> dict:
     self._start()
     session_start = time.time()
     self._callback('on_train_start')
-    for _ in progress(range(self.epoch, c.epochs), desc='train', disable=not c.progress):
+    for _ in progress(range(self.epoch, c.epochs), desc='train', disable=not (c.progress and self.dist.is_main)):
         start, lr = time.time(), self.optimizer.param_groups[0]['lr']
         stats = self.train_epoch()
         test = self.evaluate_test()
