@@ -18,7 +18,7 @@ from .data import search_loaders, get_dataset_info, ForeverIterator
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
                          NonFiniteLossError, check_finite, evaluate)
 from .distributed import (init_distributed, rank_device, replicate, all_reduce_, all_reduce_grads, batch_share,
-                                start_run_dir)
+                                any_rank, start_run_dir)
 
 # %% auto #0
 __all__ = ['OPTIMIZATIONS', 'SearchConfig', 'weight_optimizer', 'Search', 'gradients', 'search']
@@ -339,7 +339,7 @@ def run(self: Search) -> dict:
         if rd: rd.log(record)
         for cb in self.callbacks: getattr(cb, 'on_epoch_end', lambda s, r: None)(self, record)
         self.save_checkpoint()
-        if self.should_stop: break
+        if any_rank(self.should_stop): break  # under torchrun all ranks stop together
     return self.finish(time.time() - t0)
 
 @patch
