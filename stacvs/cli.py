@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_cli.ipynb #7da59db9
 from __future__ import annotations
-import argparse, dataclasses, json, sys, types, typing
+import argparse, dataclasses, json, os, sys, types, typing
 from pathlib import Path
 from fastcore.docments import docments
 
@@ -59,9 +59,13 @@ def config_from_args(config_cls, args: argparse.Namespace, **extra):
 def _default_out(kind, seed, *parts):
     return str(Path('runs') / '-'.join([kind, *map(str, parts), f"seed{seed}"]))
 
+def _report(*lines):
+    "Print the summary of a run, once: under torchrun only rank 0 does."
+    if os.environ.get('RANK', '0') == '0': print(*lines, sep='\n')
+
 def cmd_search(args):
     from stacvs.methods import run_method
-    from stacvs.diagnostics import make_diagnostics
+    from stacvs.diagnostics import check_diagnostics, make_diagnostics
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
              if k not in ('command', 'func', 'method')}
     if 'out' not in given:
@@ -69,17 +73,17 @@ def cmd_search(args):
                                     given.get('dataset', 'cifar10'))
     names, ratio = given.pop('diagnostics', None) or [], given.pop('early_stop_ratio', None)
     if ratio is not None and 'hessian' not in names: names = [*names, 'hessian']  # DARTS-ES needs the eigenvalue
-    make_diagnostics(names, ratio)  # fail early on a bad name
+    check_diagnostics(names, ratio)  # a bad name fails before any search starts; instruments are built per stage
     result = run_method(args.method, callbacks=lambda: make_diagnostics(names, ratio), **given)
-    print(json.dumps(result['genotype'], indent=1 if isinstance(result['genotype'], list) else None))
-    print(f"{args.method} search finished: results, logs, checkpoints and cell diagrams in {given['out']}")
+    _report(json.dumps(result['genotype'], indent=1 if isinstance(result['genotype'], list) else None),
+            f"{args.method} search finished: results, logs, checkpoints and cell diagrams in {given['out']}")
     return result
 
 def cmd_train(args):
     from stacvs.train import TrainConfig, train
     if args.out is None: args.out = _default_out('train', args.seed, Path(str(args.genotype)).stem, args.dataset)
     result = train(config_from_args(TrainConfig, args))  # the protocol's presets fill fields left at defaults
-    print(f"final test accuracy {result['test_acc']:.4f} after {result['epochs']} epochs; results in {args.out}")
+    _report(f"final test accuracy {result['test_acc']:.4f} after {result['epochs']} epochs; results in {args.out}")
     return result
 
 # %% ../nbs/15_cli.ipynb #f9b6da16
@@ -206,3 +210,6 @@ def main(argv=None):
 def console_entry():
     "The `stacvs` console script: runs `main`, exit status 0 unless it raised."
     main()
+
+# python -m stacvs.cli (e.g. torchrun --nproc_per_node 8 -m stacvs.cli search ...); a notebook has no __file__
+if __name__ == '__main__' and '__file__' in globals(): console_entry()

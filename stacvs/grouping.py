@@ -17,8 +17,8 @@ from .runs import progress
 # %% auto #0
 __all__ = ['CENTERINGS', 'EXCLUDED_FROM_CORRELATION', 'PAPER_TABLE6_OPS', 'PAPER_TABLE6', 'DEFAULT_GROUP_THRESHOLD',
            'DARTS_GROUPS', 'STAGE1_REPRESENTATIVES', 'CorrelationAccumulator', 'edge_correlations',
-           'average_correlation', 'operator_correlation', 'plot_correlation', 'group_operations', 'kernel_size',
-           'group_representative', 'stage1_space', 'winning_groups', 'stage2_space']
+           'average_correlation', 'operator_correlation', 'plot_correlation', 'complete_groups', 'group_operations',
+           'kernel_size', 'group_representative', 'stage1_space', 'winning_groups', 'stage2_space']
 
 # %% ../nbs/10_grouping.ipynb #fb6b9479
 CENTERINGS = ('position', 'global')
@@ -213,6 +213,18 @@ def _check_matrix(corr, op_names) -> np.ndarray:
     return corr
 
 # %% ../nbs/10_grouping.ipynb #50059299
+def complete_groups(groups, # operator groups (lists of op names)
+                    space: str | SearchSpace) -> list[list[str]]: # the space whose every op must end up in a group
+    "`groups` plus a group of its own for each op of `space` no group holds (`none` is never grouped)."
+    space = get_space(space)
+    ops = [op for op in space.ops if op != 'none']
+    grouped = {op for g in groups for op in g}
+    unknown = sorted(grouped - set(ops))
+    if unknown: raise ValueError(f"groups name ops {unknown} that space {space.name!r} does not offer; its ops: {ops} "
+                                 "(pass the space the groups are for)")
+    return [list(g) for g in groups] + [[op] for op in ops if op not in grouped]
+
+# %% ../nbs/10_grouping.ipynb #e3c1f79b
 def _cluster_labels(corr, threshold, n_groups) -> np.ndarray:
     "Average-linkage cluster labels on distance 1 − r."
     if len(corr) == 1: return np.ones(1, dtype=int)
@@ -236,7 +248,7 @@ def group_operations(corr, # (k, k) operator correlation matrix
     labels = _cluster_labels(corr, DEFAULT_GROUP_THRESHOLD if threshold is None else threshold, n_groups)
     space = get_space(space) if space is not None else None
     groups = [[op for op, l in zip(op_names, labels) if l == label] for label in sorted(set(labels))]
-    if space is not None: groups += [[op] for op in space.ops if op != 'none' and op not in op_names]
+    if space is not None: groups = complete_groups(groups, space)
     key = _op_order(space, op_names)
     groups = [sorted(g, key=key) for g in groups]
     return sorted(groups, key=lambda g: key(g[0]))

@@ -17,14 +17,14 @@ from .networks import NetworkCIFAR
 from .genotypes import genotype_from_dict, save_cell_diagrams
 from .runs import RunDir, atomic_write_json, to_jsonable, resolve_device
 from .search import SearchConfig, Search
-from .grouping import (DARTS_GROUPS, PAPER_TABLE6, group_representative, operator_correlation, plot_correlation, group_operations, stage1_space,
+from .grouping import (DARTS_GROUPS, PAPER_TABLE6, group_representative, operator_correlation, plot_correlation, group_operations, complete_groups, stage1_space,
                              stage2_space, winning_groups)
 from .confusion import match_search_depth, plot_confusion_table
 
 # %% auto #0
 __all__ = ['METHOD_PRESETS', 'TWO_STAGE_METHODS', 'TwoStageConfig', 'method_config', 'register_stage_space', 'parse_groups',
-           'paper_groups', 'complete_groups', 'measure_groups', 'save_paper_heatmap', 'resolve_groups', 'choose_depth',
-           'run_stage', 'choose_representatives', 'stage_alphas', 'stage3_space', 'run_two_stage', 'run_method']
+           'paper_groups', 'measure_groups', 'save_paper_heatmap', 'resolve_groups', 'choose_depth', 'run_stage',
+           'choose_representatives', 'stage_alphas', 'stage3_space', 'run_two_stage', 'run_method']
 
 # %% ../nbs/12_methods.ipynb #f57432d2
 METHOD_PRESETS: dict[str, dict] = {
@@ -96,14 +96,6 @@ def paper_groups(space: SearchSpace) -> list[list[str]]:
     "The paper's DARTS groups, restricted to the ops of `space`."
     kept = [[op for op in g if op in space.ops] for g in DARTS_GROUPS]
     return [g for g in kept if g]
-
-def complete_groups(groups, space: SearchSpace) -> list[list[str]]:
-    "`groups` plus a group of its own for each op of `space` no group holds (`none` is never grouped)."
-    ops = [op for op in space.ops if op != 'none']
-    unknown = sorted({op for g in groups for op in g} - set(ops))
-    if unknown: raise ValueError(f"groups name ops {unknown} that space {space.name!r} does not offer; its ops: {ops}")
-    grouped = {op for g in groups for op in g}
-    return [list(g) for g in groups] + [[op] for op in ops if op not in grouped]
 
 # %% ../nbs/12_methods.ipynb #8fe06a58
 def measure_groups(config: SearchConfig, stages: TwoStageConfig, out: Path | None) -> tuple[list[list[str]], dict]:

@@ -1,25 +1,22 @@
-"VS-DARTS diagnostics: each instrument records what it claims on a tiny search; discretization leaves the model as it was."
+"VS-DARTS diagnostics: each instrument records what it claims on a tiny search; instruments are found by name."
 import copy, json, math
 from dataclasses import replace
 from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from stacvs.cells import Supernet
-from stacvs.data import search_loaders
 from stacvs.ops import make_op
 from stacvs.relaxations import RELAXATIONS, get_relaxation
 from stacvs.search import SearchConfig, Search
 from stacvs.spaces import SearchSpace
 from stacvs.diagnostics import (NodeVariance, NoneWeight, SepConvGradNorm, EdgeStatistics, HessianEigenvalue,
-                                hessian_eigenvalue, power_iteration, preserved, pt_proxy_strength, pt_select_genotype,
-                                discretization_accuracy, beta_accuracy_correlation, supernet_accuracy,
-                                evaluation_batches, plot_node_variance, plot_none_weight, plot_grad_norm,
-                                plot_edge_statistics, plot_hessian_eigenvalue, plot_beta_vs_accuracy, edge_betas)
+                                hessian_eigenvalue, power_iteration, preserved, plot_node_variance, plot_none_weight,
+                                plot_grad_norm, plot_edge_statistics, plot_hessian_eigenvalue, check_diagnostics,
+                                make_diagnostics, DIAGNOSTICS)
 
 TINY = SearchConfig(dataset='digits', layers=3, channels=4, epochs=2, batch_size=16, fraction=0.2,
                     max_steps_per_epoch=2, progress=False, eval_valid=False, space='darts_small', seed=0)
@@ -201,77 +198,10 @@ def test_early_stop_not_triggered_by_slow_growth_and_without_ratio():
     with pytest.raises(ValueError, match="stop_ratio must be in"): HessianEigenvalue(stop_ratio=2.0)
 
 
-@pytest.fixture(scope='module')
-def tiny_model():
-    torch.manual_seed(0)
-    model = Supernet(4, 10, 3, 'darts_small', in_channels=1, alpha_init_scale=1.)
-    _, valid = search_loaders('digits', batch_size=16, fraction=0.2, seed=0)
-    model.train(); model(next(iter(valid.eval_loader()))[0])  # non-trivial BN running statistics
-    return model, valid
-
-
-def test_pt_proxy_strength_leaves_model_unchanged_and_matches_op_swap(tiny_model):
-    model, valid = tiny_model
-    before, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
-    s = pt_proxy_strength(model, valid, 'reduce', edge=4, max_batches=2)
-    assert _same_state(before, model.state_dict()) and torch.equal(rng, torch.get_rng_state())
-    assert 'mixing_weights' not in model.__dict__ and model.training
-    batches = evaluation_batches(valid, 2)
-    for i in (1, 2):  # removing op i == the same supernet with op i replaced by `none`
-        swapped = copy.deepcopy(model)
-        for cell in swapped.cells:
-            if cell.reduction: cell.edges[4].active.remove(i)
-        assert s['acc'][i] == pytest.approx(supernet_accuracy(swapped, batches))
-        assert s['drop'][i] == pytest.approx(s['base_acc'] - s['acc'][i])
-    assert s['acc'][0] == s['base_acc']  # removing `none` changes nothing
-
-
-def test_discretization_accuracy_fixes_the_edge_and_copies(tiny_model):
-    model, valid = tiny_model
-    before = copy.deepcopy(model.state_dict())
-    acc = discretization_accuracy(model, valid, edge=5, op='max_pool_3x3', finetune_steps=0, max_batches=2)
-    onehot = copy.deepcopy(model)
-    with torch.no_grad(): onehot.alpha_normal[:, 5] = torch.tensor([-math.inf, 0., -math.inf, -math.inf])
-    assert acc == pytest.approx(supernet_accuracy(onehot, evaluation_batches(valid, 2)))
-    tuned = discretization_accuracy(model, valid, edge=5, op=1, finetune_steps=2, max_batches=2)
-    assert 0 <= tuned <= 1 and _same_state(before, model.state_dict())
-    with pytest.raises(ValueError, match="offers"): discretization_accuracy(model, valid, 5, 'sep_conv_7x7', 0)
-
-
-def test_pt_select_genotype(tiny_model):
-    _, valid = tiny_model
-    torch.manual_seed(0)
-    space = SearchSpace.uniform('pt_test', ('none', 'max_pool_3x3', 'sep_conv_3x3'), nodes=2)
-    model = Supernet(4, 10, 3, space, in_channels=1, alpha_init_scale=1.)
-    before = copy.deepcopy(model.state_dict())
-    calls = []
-    g = pt_select_genotype(model, valid, max_batches=1,
-                           tune_fn=lambda m: calls.append(m.mixing_weights('normal').detach().clone()))
-    assert len(calls) == 10 and _same_state(before, model.state_dict())  # one call per op decision (5 edges × 2)
-    assert len(g.normal) == len(g.reduce) == 4 and all(op != 'none' for op, _ in g.normal + g.reduce)
-    # the first decision (normal edge 0, nothing fixed yet) is pt_proxy_strength's strongest non-none op
-    s = pt_proxy_strength(model, valid, 'normal', 0, max_batches=1)
-    best = max((i for i, op in enumerate(s['ops']) if op != 'none'), key=lambda i: s['drop'][i])
-    assert [op for op, inp in g.normal[:2] if inp == 0] == [s['ops'][best]]
-    assert calls[0][0, 0].tolist() == [float(i == best) for i in range(3)]  # tune_fn saw edge 0 discretized
-
-
-def test_beta_accuracy_correlation_against_scipy():
-    from scipy import stats
-    rng = np.random.default_rng(0)
-    a, b = rng.random(7), rng.random(7)
-    b[3] = b[5]  # a tie
-    c = beta_accuracy_correlation(a, b)
-    assert c['pearson'] == pytest.approx(stats.pearsonr(a, b)[0])
-    assert c['kendall_tau'] == pytest.approx(stats.kendalltau(a, b).statistic)
-
-
-def test_plots_return_figures(searched, tiny_model):
+def test_plots_return_figures(searched):
     _, ins, _, _ = searched
-    model, _ = tiny_model
     figs = [plot_node_variance(ins['nv']), plot_none_weight(ins['nw'].history), plot_grad_norm(ins['gn']),
-            plot_edge_statistics(ins['es'].record()), plot_hessian_eigenvalue(ins['he']),
-            plot_beta_vs_accuracy(edge_betas(model, 'normal', 0), [0.1, 0.3, 0.2, 0.4], ['a', 'b', 'c', 'd'])]
+            plot_edge_statistics(ins['es'].record()), plot_hessian_eigenvalue(ins['he'])]
     assert all(isinstance(f, Figure) for f in figs)
     for f in figs: plt.close(f)
 
@@ -291,3 +221,16 @@ def test_a_resumed_search_keeps_the_diagnostics_of_its_earlier_epochs(tmp_path):
     Search(replace(config, resume=True), [NoneWeight()]).run()
     saved = json.loads((tmp_path / 'diagnostics' / 'none_weight.json').read_text())
     assert [r['epoch'] for r in saved['history']] == [1, 2, 3]
+
+
+def test_check_diagnostics_validates_names_without_building_instruments(monkeypatch):
+    built = []
+    monkeypatch.setitem(DIAGNOSTICS, 'node_variance', (lambda **kw: built.append(kw), None))
+    assert check_diagnostics(['node_variance', 'hessian', 'pt_selection'], 0.75) == ['node_variance', 'hessian',
+                                                                                      'pt_selection']
+    assert built == []  # validating builds nothing
+    with pytest.raises(ValueError, match=r"unknown diagnostics \['variance'\]; choose from \[.*'pt_selection'"):
+        check_diagnostics(['variance', 'hessian'])
+    with pytest.raises(ValueError, match="needs the 'hessian' diagnostic"): check_diagnostics(['node_variance'], 0.75)
+    make_diagnostics(['node_variance'])
+    assert built == [{}]

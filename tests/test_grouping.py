@@ -7,8 +7,8 @@ from stacvs.cells import Supernet
 from stacvs.ops import OPS, POOLING_OPS, register_op
 from stacvs.spaces import SearchSpace, get_space
 from stacvs.grouping import (CorrelationAccumulator, edge_correlations, operator_correlation, average_correlation,
-                             PAPER_TABLE6, DARTS_GROUPS, group_operations, group_representative, stage1_space,
-                             stage2_space, winning_groups)
+                             PAPER_TABLE6, DARTS_GROUPS, group_operations, complete_groups, group_representative,
+                             stage1_space, stage2_space, winning_groups)
 
 TEST_OPS = ('_test_avg', '_test_avg_affine', '_test_avg_negated')
 
@@ -260,3 +260,19 @@ def test_stage2_accepts_a_supernet_and_rejects_bad_alphas():
     per_cell = Supernet(C=4, num_classes=10, layers=4, space=s1, in_channels=1, alpha_per_cell=True)
     with pytest.raises(NotImplementedError, match='alpha_per_cell=False'):
         stage2_space('darts', DARTS_GROUPS, per_cell)
+
+
+def test_complete_groups_is_the_one_place_singletons_are_added():
+    from stacvs import methods
+    assert complete_groups([['max_pool_3x3']], 'darts_small') == [['max_pool_3x3'], ['sep_conv_3x3'], ['sep_conv_5x5']]
+    assert complete_groups([['sep_conv_5x5', 'sep_conv_3x3'], ['max_pool_3x3']], get_space('darts_small')) == \
+        [['sep_conv_5x5', 'sep_conv_3x3'], ['max_pool_3x3']]  # nothing to add: given groups kept as they are
+    with pytest.raises(ValueError, match=r"groups name ops \['skip_connect'\] that space 'darts_small' does not offer"):
+        complete_groups([['skip_connect']], 'darts_small')
+    corr, names = PAPER_TABLE6
+    clustered = group_operations(corr, names, space=None)
+    assert sorted(map(sorted, group_operations(corr, names, space='darts'))) == \
+        sorted(map(sorted, complete_groups(clustered, 'darts')))
+    with pytest.raises(ValueError, match='does not offer'):  # a matrix over ops the space lacks
+        group_operations(corr, names, space='darts_small')
+    assert methods.complete_groups is complete_groups

@@ -125,10 +125,14 @@ def test_robustdarts_spaces_run_from_the_cli_with_darts_es(space, tmp_path):
         assert {op for op, _ in r['genotype'][t]} <= offered
 
 
-def test_cli_stacvs_end_to_end_with_diagnostics_per_stage(tmp_path):
+def test_cli_stacvs_end_to_end_with_diagnostics_per_stage(tmp_path, monkeypatch):
+    import stacvs.diagnostics
+    built, make = [], stacvs.diagnostics.make_diagnostics
+    monkeypatch.setattr(stacvs.diagnostics, 'make_diagnostics', lambda *a, **kw: built.append(a) or make(*a, **kw))
     r = main(['search', '--method', 'stacvs', *TINY_ARGS, '--layers', '3', '--stage2-layers', '3',
               '--out', str(tmp_path), '--diagnostics', 'node_variance'])
     assert r['method'] == 'stacvs'
+    assert len(built) == 2  # once per stage: the names are checked without building instruments
     for stage in ('stage1', 'stage2'):
         assert (tmp_path / stage / 'diagnostics' / 'node_variance.png').exists()
 
