@@ -339,7 +339,7 @@ def run(self: Search) -> dict:
         if rd: rd.log(record)
         for cb in self.callbacks: getattr(cb, 'on_epoch_end', lambda s, r: None)(self, record)
         self.save_checkpoint()
-        if any_rank(self.should_stop): break  # under torchrun all ranks stop together
+        if any_rank(self.should_stop, self.device): break  # under torchrun all ranks stop together
     return self.finish(time.time() - t0)
 
 @patch
