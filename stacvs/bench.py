@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from .data import ArrayLoader, synthetic_arrays
 from .search import SearchConfig, Search
 from .fastconv import use_fast_depthwise
+from .fused import use_fused_cells
 
 # %% auto #0
 __all__ = ['PAPER_CPU_CASES', 'BenchCase', 'plain_first_order_alpha_grad', 'plain_second_order_alpha_grad', 'straightforward',
@@ -70,11 +71,11 @@ def plain_second_order_alpha_grad(search: Search, x_valid, y_valid, x, y):
 
 @contextmanager
 def straightforward(search: Search):
-    "Within this block `search` steps like the original code (full α backward, model copy, torch's depthwise backward)."
+    "Within this block `search` steps like the original code (full α backward, model copy, torch's depthwise backward, unfused cells)."
     search.first_order_alpha_grad = partial(plain_first_order_alpha_grad, search)
     search.second_order_alpha_grad = partial(plain_second_order_alpha_grad, search)
     try:
-        with use_fast_depthwise(False): yield search
+        with use_fast_depthwise(False), use_fused_cells(False): yield search
     finally:
         del search.first_order_alpha_grad, search.second_order_alpha_grad
 
