@@ -10,12 +10,12 @@ from dataclasses import dataclass, asdict, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 from .genotypes import Genotype, get_genotype, genotype_to_dict, save_cell_diagrams, plot_cell
 from .networks import NetworkCIFAR, NetworkImageNet, count_parameters, cell_genotypes, is_per_cell
 from .data import train_loaders, get_dataset_info, DatasetInfo
-from torch.nn.parallel import DistributedDataParallel
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress, check_finite,
                          evaluate)
 from .distributed import init_distributed, rank_device, replicate, all_reduce_, batch_share, start_run_dir
