@@ -349,6 +349,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'stacvs.fastconv.fast_depthwise_enabled': ('fastconv.html#fast_depthwise_enabled', 'stacvs/fastconv.py'),
                                  'stacvs.fastconv.fast_path_refusal': ('fastconv.html#fast_path_refusal', 'stacvs/fastconv.py'),
                                  'stacvs.fastconv.is_depthwise_conv': ('fastconv.html#is_depthwise_conv', 'stacvs/fastconv.py'),
+                                 'stacvs.fastconv.prefer_channels_last': ('fastconv.html#prefer_channels_last', 'stacvs/fastconv.py'),
                                  'stacvs.fastconv.swap_depthwise_convs': ('fastconv.html#swap_depthwise_convs', 'stacvs/fastconv.py'),
                                  'stacvs.fastconv.use_fast_depthwise': ('fastconv.html#use_fast_depthwise', 'stacvs/fastconv.py'),
                                  'stacvs.fastconv.use_fast_depthwise.__enter__': ( 'fastconv.html#use_fast_depthwise.__enter__',

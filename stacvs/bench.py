@@ -83,6 +83,7 @@ def straightforward(search: Search):
 def time_search_steps(case: BenchCase, steps: int = 5, warmup: int = 1) -> dict:
     "Seconds per search step (median, min) and peak memory of this process for one case."
     config = replace(case.config, dataset='cifar10', out=None, progress=False, eval_valid=False)
+    if case.path == 'straightforward': config.channels_last = False  # the original code's NCHW layout
     device = torch.device('cuda' if config.device in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
     config.device = str(device)
     search = Search(config, loaders=_synthetic_loaders(config, case.image_size, device))
@@ -101,6 +102,7 @@ def time_search_steps(case: BenchCase, steps: int = 5, warmup: int = 1) -> dict:
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     cuda_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else None
     return dict(case=case.name, path=case.path, device=str(device), threads=torch.get_num_threads(), steps=steps,
+                layout='NHWC' if search.channels_last else 'NCHW',
                 median_s=statistics.median(times), min_s=min(times), peak_rss_gb=rss_gb, peak_cuda_gb=cuda_gb)
 
 # %% ../nbs/08a_bench.ipynb #bb9444fb
@@ -140,7 +142,7 @@ def format_rows(rows: list[dict], cases: list[BenchCase] | None = None) -> str:
     "Per case: stacvs's s/step and peak memory, its straightforward path's s/step (gain), and the original's (ratio)."
     refs, by_case, nan = {c.name: c for c in cases or []}, {}, float('nan')
     for r in rows: by_case.setdefault(r['case'], {})[r.get('path', 'optimized')] = r
-    lines = [f"{'case':24s} {'device':6s} {'s/step':>8s} {'peak GB':>7s} {'plain s':>8s} {'gain':>5s} "
+    lines = [f"{'case':24s} {'device':6s} {'layout':6s} {'s/step':>8s} {'peak GB':>7s} {'plain s':>8s} {'gain':>5s} "
              f"{'orig s':>7s} {'ratio':>6s} {'orig GB':>7s}"]
     for name, paths in by_case.items():
         errors = [r['error'] for r in paths.values() if 'error' in r]
@@ -150,6 +152,6 @@ def format_rows(rows: list[dict], cases: list[BenchCase] | None = None) -> str:
         p = plain['median_s'] if plain else nan
         ref_s = ref.reference_seconds if ref and ref.reference_seconds else nan
         ref_gb = ref.reference_rss_gb if ref and ref.reference_rss_gb else nan
-        lines.append(f"{name:24s} {(fast or plain)['device'][:6]:6s} {s:8.3f} {_memory(fast or plain):7.2f} {p:8.3f} "
+        lines.append(f"{name:24s} {(fast or plain)['device'][:6]:6s} {(fast or plain).get('layout', '?'):6s} {s:8.3f} {_memory(fast or plain):7.2f} {p:8.3f} "
                      f"{p / s:5.2f} {ref_s:7.2f} {s / ref_s:6.2f} {ref_gb:7.2f}")
     return '\n'.join(lines)

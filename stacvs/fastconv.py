@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 # %% auto #0
-__all__ = ['FAST_MIN_ELEMENTS', 'fast_depthwise_enabled', 'use_fast_depthwise', 'depthwise_weight_grad', 'depthwise_input_grad',
-           'DepthwiseConv2dFunction', 'fast_path_refusal', 'depthwise_conv2d', 'FastDepthwiseConv2d',
-           'is_depthwise_conv', 'swap_depthwise_convs']
+__all__ = ['FAST_MIN_ELEMENTS', 'CHANNELS_LAST_MIN_ELEMENTS', 'fast_depthwise_enabled', 'use_fast_depthwise',
+           'depthwise_weight_grad', 'depthwise_input_grad', 'DepthwiseConv2dFunction', 'fast_path_refusal',
+           'depthwise_conv2d', 'FastDepthwiseConv2d', 'is_depthwise_conv', 'swap_depthwise_convs',
+           'prefer_channels_last']
 
 # %% ../nbs/00_fastconv.ipynb #4b64c11a
 _FAST_DEPTHWISE = True  # module-level switch read by `depthwise_conv2d`
@@ -164,3 +165,12 @@ def swap_depthwise_convs(model: nn.Module) -> int:
             if is_depthwise_conv(child):
                 setattr(parent, name, FastDepthwiseConv2d.from_conv2d(child)); swapped += 1
     return swapped
+
+# %% ../nbs/00_fastconv.ipynb #ee4a8275
+CHANNELS_LAST_MIN_ELEMENTS = 2 ** 17  # CPU states at least this large run faster channels-last (see above)
+
+def prefer_channels_last(setting: bool | None, # a config's `channels_last`: True/False force it, None chooses
+                         device: torch.device, batch: int, channels: int, image_size: int) -> bool:
+    "Should a model run channels-last? `setting` if given, else on CPU when batch·channels·side² is large."
+    if setting is not None: return bool(setting)
+    return torch.device(device).type == 'cpu' and batch * channels * image_size ** 2 >= CHANNELS_LAST_MIN_ELEMENTS

@@ -13,6 +13,7 @@ from fastcore.basics import patch
 from .spaces import get_space, space_to_dict
 from .cells import Supernet, CELL_TYPES
 from .larc import LARC
+from .fastconv import prefer_channels_last
 from .genotypes import derive_genotype, genotype_to_dict, save_cell_diagrams
 from .data import search_loaders, get_dataset_info, ForeverIterator
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
@@ -63,7 +64,7 @@ class SearchConfig:
     seed: int = 0
     device: str = 'auto'
     amp: bool = False # bf16 autocast on CUDA (α, softmax and BN statistics stay fp32)
-    channels_last: bool = False
+    channels_last: bool | None = None # None: channels-last on CPU for large states (`prefer_channels_last`)
     sync_bn: bool = True # under torchrun: BatchNorm statistics over the global batch (False: per rank, as DARTS's code)
     out: str | None = None # run directory; None keeps everything in memory
     resume: bool = False
@@ -110,7 +111,10 @@ class Search:
                                         config.stem_multiplier, self.info.in_channels, config.relaxation,
                                         config.alpha_per_cell, config.node_norm)).to(self.device)
         self.model = replicate(self.model, self.dist, config.sync_bn)  # under torchrun: same start, global-batch BN
-        if config.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
+        self.channels_last = prefer_channels_last(config.channels_last, self.device,
+                                                  config.batch_size // self.dist.world_size, config.channels,
+                                                  self.info.image_size)
+        if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         self.w_optimizer = weight_optimizer(self.model.weights(), config)
         self.a_optimizer = torch.optim.Adam(self.model.alphas(), config.a_lr, betas=config.a_betas,
                                             weight_decay=config.a_weight_decay)
@@ -127,6 +131,7 @@ class Search:
 @patch
 def loss(self: Search, x, y):
     "Cross-entropy of the supernet on a batch, and the logits."
+    if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp and self.device.type == 'cuda'):
         logits = self.model(x)
     if logits.dtype in (torch.bfloat16, torch.float16): logits = logits.float()
@@ -305,7 +310,8 @@ def epoch_record(self: Search, stats: dict, seconds: float) -> dict:
     record = dict(epoch=self.epoch, seconds=seconds, **stats)
     if c.bilevel and c.eval_valid:
         # a separate unshuffled, unaugmented loader: evaluation must not consume the α step's valid stream
-        valid = evaluate(self.model, self.valid_loader.eval_loader(), self.device, c.amp, c.max_steps_per_epoch)
+        valid = evaluate(self.model, self.valid_loader.eval_loader(), self.device, c.amp, c.max_steps_per_epoch,
+                         self.channels_last)
         record.update(valid_loss=valid['loss'], valid_acc=valid['acc'])
     record.update(self.alpha_record())
     record['genotype'] = ([genotype_to_dict(g) for g in genotype] if isinstance(genotype, list)

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from .genotypes import Genotype, get_genotype, genotype_to_dict, save_cell_diagrams, plot_cell
 from .networks import NetworkCIFAR, NetworkImageNet, count_parameters, cell_genotypes, is_per_cell
 from .data import train_loaders, get_dataset_info, DatasetInfo
+from .fastconv import prefer_channels_last
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress, check_finite,
                          evaluate)
 from .distributed import init_distributed, rank_device, replicate, all_reduce_, batch_share, start_run_dir
@@ -78,7 +79,7 @@ class TrainConfig:
     seed: int = 0
     device: str = 'auto'
     amp: bool = False # bf16 autocast (CUDA only)
-    channels_last: bool = False
+    channels_last: bool | None = None # None: channels-last on CPU for large states (`prefer_channels_last`)
     sync_bn: bool = True # under torchrun: BatchNorm statistics over the global batch (False: per rank)
     out: str | None = None # run directory; None keeps everything in memory
     resume: bool = False # continue the checkpoint in `out`
@@ -169,7 +170,9 @@ class Trainer:
         seed_everything(c.seed)
         self.info, self.genotype = get_dataset_info(c.dataset), resolve_genotype(c)
         self.model = replicate((model or build_network(c, self.info)).to(self.device), self.dist, c.sync_bn)
-        if c.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
+        self.channels_last = prefer_channels_last(c.channels_last, self.device, c.batch_size // self.dist.world_size,
+                                                  c.channels, self.info.image_size)
+        if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         # under torchrun DDP averages the gradients during the backward; self.model stays the plain network
         self.forward_model = (DistributedDataParallel(self.model, broadcast_buffers=False) if self.dist.active
                               else self.model)
@@ -177,7 +180,7 @@ class Trainer:
             warnings.warn("stacvs.data has no AutoAugment for ImageNet yet: training without it")
         self.train_loader, self.test_loader = loaders or train_loaders(
             c.dataset, c.data_root, c.batch_size, cutout=c.cutout, autoaugment=c.autoaugment, fraction=c.fraction,
-            seed=c.seed, device=self.device, num_workers=c.num_workers, channels_last=c.channels_last,
+            seed=c.seed, device=self.device, num_workers=c.num_workers, channels_last=self.channels_last,
             shard=self.dist.shard)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
         self.optimizer = torch.optim.SGD(self.model.parameters(), c.lr, momentum=c.momentum,
@@ -206,7 +209,7 @@ def train_step(self: Trainer, x, y) -> torch.Tensor:
     "One SGD step on a batch; returns (loss · n, correct) on the device."
     c = self.config
     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-    if c.channels_last: x = x.contiguous(memory_format=torch.channels_last)
+    if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
     with self._autocast(): logits, logits_aux = self.forward_model(x)
     loss = self.criterion(logits.float(), y)
     if logits_aux is not None: loss = loss + c.auxiliary_weight * self.criterion(logits_aux.float(), y)
@@ -240,7 +243,7 @@ def train_epoch(self: Trainer) -> dict:
 def evaluate_test(self: Trainer) -> dict:
     "Test loss and accuracy of the current network."
     c = self.config
-    return evaluate(self.model, self.test_loader, self.device, c.amp, c.max_steps_per_epoch, c.channels_last)
+    return evaluate(self.model, self.test_loader, self.device, c.amp, c.max_steps_per_epoch, self.channels_last)
 
 # %% ../nbs/09_train.ipynb #c9abd90d
 def _loader_state(loader): return loader.state_dict() if hasattr(loader, 'state_dict') else None

@@ -36,6 +36,30 @@ def test_optimized_and_straightforward_paths_give_the_same_alpha_and_weights(opt
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+
+@pytest.mark.parametrize('optimization,second_order', [('one-level', False), ('bilevel', False), ('bilevel', True)])
+def test_channels_last_search_gives_the_same_alpha_and_weights(optimization, second_order):
+    config = replace(TINY, optimization=optimization, second_order=second_order)
+    nhwc = _trajectory(replace(config, channels_last=True), plain=False)
+    nchw = _trajectory(replace(config, channels_last=False), plain=True)
+    for a, b in zip(nhwc, nchw):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_channels_last_is_chosen_for_large_cpu_states_only():
+    small = Search(TINY)
+    assert not small.channels_last and all(p.is_contiguous() for p in small.model.weights())
+    forced = Search(replace(TINY, channels_last=True))
+    outputs = []
+    forced.model.cells[0].register_forward_hook(lambda module, inputs, out: outputs.append(out))
+    x, y = next(iter(forced.train_loader))
+    forced.loss(x, y)
+    assert forced.channels_last and outputs[0].is_contiguous(memory_format=torch.channels_last)
+    assert not outputs[0].is_contiguous()
+    # digits at batch 2048 × 4 channels × 8² = 2**19 elements per state: large enough
+    assert Search(replace(TINY, batch_size=2048, fraction=1.0)).channels_last
+
+
 def test_straightforward_block_restores_the_optimized_path():
     s = Search(replace(TINY, optimization='bilevel'))
     with straightforward(s):
