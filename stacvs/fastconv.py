@@ -12,8 +12,8 @@ from torch.nn.modules.utils import _pair
 # %% auto #0
 __all__ = ['FAST_MIN_ELEMENTS', 'CHANNELS_LAST_MIN_ELEMENTS', 'fast_depthwise_enabled', 'use_fast_depthwise',
            'depthwise_weight_grad', 'depthwise_input_grad', 'DepthwiseConv2dFunction', 'fast_path_refusal',
-           'depthwise_conv2d', 'FastDepthwiseConv2d', 'is_depthwise_conv', 'swap_depthwise_convs',
-           'prefer_channels_last']
+           'polyphase_applies', 'polyphase_depthwise_conv2d', 'depthwise_conv2d', 'FastDepthwiseConv2d',
+           'is_depthwise_conv', 'swap_depthwise_convs', 'prefer_channels_last']
 
 # %% ../nbs/00_fastconv.ipynb #4b64c11a
 _FAST_DEPTHWISE = True  # module-level switch read by `depthwise_conv2d`
@@ -111,12 +111,39 @@ def fast_path_refusal(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int,
     if x.numel() < FAST_MIN_ELEMENTS: return f'input of {x.numel()} elements < FAST_MIN_ELEMENTS={FAST_MIN_ELEMENTS}'
     return None
 
+# %% ../nbs/00_fastconv.ipynb #cf85ec35
+def _channels_last_only(x): return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+def polyphase_applies(x: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
+                      dilation: tuple[int, int]) -> bool:
+    "Does `polyphase_depthwise_conv2d` compute this dilated depthwise conv (channels-last CPU input, DARTS padding)?"
+    d, s, p = dilation[0], stride[0], padding[0]
+    if not (_FAST_DEPTHWISE and x.device.type == 'cpu' and x.dim() == 4 and _channels_last_only(x)): return False
+    if d < 2 or dilation[1] != d or stride[1] != s or padding[1] != p or p % d or s not in (1, d): return False
+    return s == d or (x.shape[2] % d == 0 and x.shape[3] % d == 0)
+
+def polyphase_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, # (N, C, H, W) and (C, 1, kh, kw)
+                               stride: int, padding: int, dilation: int) -> torch.Tensor:
+    "A dilated depthwise conv as undilated convs of the input's sub-grids (see `polyphase_applies`)."
+    d, (N, C, H, W) = dilation, x.shape
+    if stride == d:
+        grid = x[:, :, ::d, ::d].contiguous(memory_format=torch.channels_last)  # (a strided view may lose the layout)
+        return F.conv2d(grid, weight, None, 1, padding // d, 1, C)
+    # (N, C, H, W) → the d·d components stacked in the batch, channels-last: (d·d·N, C, H/d, W/d)
+    phases = x.permute(0, 2, 3, 1).reshape(N, H // d, d, W // d, d, C).permute(2, 4, 0, 1, 3, 5)
+    phases = phases.reshape(d * d * N, H // d, W // d, C).permute(0, 3, 1, 2)
+    y = F.conv2d(phases, weight, None, 1, padding // d, 1, C)
+    y = y.permute(0, 2, 3, 1).reshape(d, d, N, H // d, W // d, C).permute(2, 3, 0, 4, 1, 5)  # interleave back
+    return y.reshape(N, H, W, C).permute(0, 3, 1, 2)
+
 # %% ../nbs/00_fastconv.ipynb #5fc92a5c
 def depthwise_conv2d(x: torch.Tensor, # input (N, C, H, W)
                      weight: torch.Tensor, # (C, 1, kh, kw): one filter per channel
                      stride=1, padding=0, dilation=1): # ints or (h, w) pairs, as for `F.conv2d`
     "`F.conv2d(x, weight, None, stride, padding, dilation, groups=C)`, with a fast backward on CPU where it pays."
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    if polyphase_applies(x, stride, padding, dilation):
+        return polyphase_depthwise_conv2d(x, weight, stride[0], padding[0], dilation[0])
     if fast_path_refusal(x, weight, padding, dilation) is not None:
         return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
     return DepthwiseConv2dFunction.apply(x, weight, stride, padding, dilation)

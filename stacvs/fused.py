@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .ops import DilConv, SepConv, FactorizedReduce
+from .ops import DilConv, SepConv, FactorizedReduce, stride2_samples
 from .fastconv import depthwise_conv2d
 
 # %% auto #0
@@ -156,11 +156,10 @@ def fused_conv_ops(source: _Source, ops: list[nn.Module]) -> torch.Tensor: # k `
 
 # %% ../nbs/03a_fused.ipynb #c211958e
 def fused_factorized_reduce(source: _Source, ops: list[FactorizedReduce]) -> torch.Tensor:
-    "k FactorizedReduce ops on one state: one `groups=2` 1×1 convolution over [x, x shifted by a pixel]."
+    "k FactorizedReduce ops on one state: one `groups=2` 1×1 convolution over the two `stride2_samples`."
     k, r = len(ops), source.relu
-    shifted = F.pad(r, (0, 1, 0, 1))[:, :, 1:, 1:]
     weight = torch.cat([op.conv_1.weight for op in ops] + [op.conv_2.weight for op in ops])
-    y = F.conv2d(torch.cat([r, shifted], 1), weight, stride=2, groups=2)
+    y = F.conv2d(torch.cat(stride2_samples(r), 1), weight, groups=2)
     N, _, H, W = y.shape
     y = y.view(N, 2, k, -1, H, W).transpose(1, 2).reshape(N, -1, H, W)  # per edge: [conv_1, conv_2]
     return fused_batch_norm(y, [op.bn for op in ops]).view(N, k, -1, H, W)
