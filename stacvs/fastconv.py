@@ -4,16 +4,18 @@
 
 # %% ../nbs/00_fastconv.ipynb #7dfab752
 from __future__ import annotations
+import ctypes, functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 # %% auto #0
-__all__ = ['FAST_MIN_ELEMENTS', 'CHANNELS_LAST_MIN_ELEMENTS', 'fast_depthwise_enabled', 'use_fast_depthwise',
-           'depthwise_weight_grad', 'depthwise_input_grad', 'DepthwiseConv2dFunction', 'fast_path_refusal',
-           'polyphase_applies', 'polyphase_depthwise_conv2d', 'depthwise_conv2d', 'FastDepthwiseConv2d',
-           'is_depthwise_conv', 'swap_depthwise_convs', 'prefer_channels_last']
+__all__ = ['FAST_MIN_ELEMENTS', 'CHANNELS_LAST_MIN_ELEMENTS', 'M_TRIM_THRESHOLD', 'M_MMAP_THRESHOLD', 'fast_depthwise_enabled',
+           'use_fast_depthwise', 'depthwise_weight_grad', 'depthwise_input_grad', 'DepthwiseConv2dFunction',
+           'fast_path_refusal', 'memory_format_of', 'subsample', 'subgrid_conv_applies', 'subgrid_depthwise_conv2d',
+           'depthwise_conv2d', 'FastDepthwiseConv2d', 'is_depthwise_conv', 'swap_depthwise_convs',
+           'prefer_channels_last', 'retain_freed_memory']
 
 # %% ../nbs/00_fastconv.ipynb #4b64c11a
 _FAST_DEPTHWISE = True  # module-level switch read by `depthwise_conv2d`
@@ -111,30 +113,43 @@ def fast_path_refusal(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int,
     if x.numel() < FAST_MIN_ELEMENTS: return f'input of {x.numel()} elements < FAST_MIN_ELEMENTS={FAST_MIN_ELEMENTS}'
     return None
 
-# %% ../nbs/00_fastconv.ipynb #cf85ec35
+# %% ../nbs/00_fastconv.ipynb #ac2ab265
 def _channels_last_only(x): return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
-def polyphase_applies(x: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
-                      dilation: tuple[int, int]) -> bool:
-    "Does `polyphase_depthwise_conv2d` compute this dilated depthwise conv (channels-last CPU input, DARTS padding)?"
-    d, s, p = dilation[0], stride[0], padding[0]
-    if not (_FAST_DEPTHWISE and x.device.type == 'cpu' and x.dim() == 4 and _channels_last_only(x)): return False
-    if d < 2 or dilation[1] != d or stride[1] != s or padding[1] != p or p % d or s not in (1, d): return False
-    return s == d or (x.shape[2] % d == 0 and x.shape[3] % d == 0)
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    "channels_last for a channels-last (and not also NCHW-contiguous) tensor, else contiguous_format."
+    return torch.channels_last if _channels_last_only(x) else torch.contiguous_format
 
-def polyphase_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, # (N, C, H, W) and (C, 1, kh, kw)
+class _Subsample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, offset, step):
+        ctx.shape, ctx.format, ctx.grid = x.shape, memory_format_of(x), (offset, step)
+        return x[:, :, offset::step, offset::step].contiguous(memory_format=ctx.format)
+
+    @staticmethod
+    def backward(ctx, grad):
+        offset, step = ctx.grid
+        grad_x = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.format).zero_()
+        grad_x[:, :, offset::step, offset::step] = grad
+        return grad_x, None, None
+
+def subsample(x: torch.Tensor, offset: int, step: int) -> torch.Tensor:
+    "`x[:, :, offset::step, offset::step]` in `x`'s memory format, gradient too (slicing's gradient is NCHW)."
+    return _Subsample.apply(x, offset, step)
+
+# %% ../nbs/00_fastconv.ipynb #cf85ec35
+def subgrid_conv_applies(x: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
+                      dilation: tuple[int, int]) -> bool:
+    "Does `subgrid_depthwise_conv2d` compute this depthwise conv (stride = dilation ≥ 2, channels-last CPU input)?"
+    d, p = dilation[0], padding[0]
+    if not (_FAST_DEPTHWISE and x.device.type == 'cpu' and x.dim() == 4 and _channels_last_only(x)): return False
+    return d >= 2 and dilation[1] == d and tuple(stride) == (d, d) and padding[1] == p and p % d == 0
+
+def subgrid_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, # (N, C, H, W) and (C, 1, kh, kw)
                                stride: int, padding: int, dilation: int) -> torch.Tensor:
-    "A dilated depthwise conv as undilated convs of the input's sub-grids (see `polyphase_applies`)."
-    d, (N, C, H, W) = dilation, x.shape
-    if stride == d:
-        grid = x[:, :, ::d, ::d].contiguous(memory_format=torch.channels_last)  # (a strided view may lose the layout)
-        return F.conv2d(grid, weight, None, 1, padding // d, 1, C)
-    # (N, C, H, W) → the d·d components stacked in the batch, channels-last: (d·d·N, C, H/d, W/d)
-    phases = x.permute(0, 2, 3, 1).reshape(N, H // d, d, W // d, d, C).permute(2, 4, 0, 1, 3, 5)
-    phases = phases.reshape(d * d * N, H // d, W // d, C).permute(0, 3, 1, 2)
-    y = F.conv2d(phases, weight, None, 1, padding // d, 1, C)
-    y = y.permute(0, 2, 3, 1).reshape(d, d, N, H // d, W // d, C).permute(2, 3, 0, 4, 1, 5)  # interleave back
-    return y.reshape(N, H, W, C).permute(0, 3, 1, 2)
+    "A depthwise conv with stride = dilation = d as an undilated conv of the sub-grid it reads (`x[:, :, ::d, ::d]`)."
+    assert stride == dilation, 'subgrid_depthwise_conv2d needs stride == dilation (see subgrid_conv_applies)'
+    return F.conv2d(subsample(x, 0, dilation), weight, None, 1, padding // dilation, 1, x.shape[1])
 
 # %% ../nbs/00_fastconv.ipynb #5fc92a5c
 def depthwise_conv2d(x: torch.Tensor, # input (N, C, H, W)
@@ -142,8 +157,8 @@ def depthwise_conv2d(x: torch.Tensor, # input (N, C, H, W)
                      stride=1, padding=0, dilation=1): # ints or (h, w) pairs, as for `F.conv2d`
     "`F.conv2d(x, weight, None, stride, padding, dilation, groups=C)`, with a fast backward on CPU where it pays."
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    if polyphase_applies(x, stride, padding, dilation):
-        return polyphase_depthwise_conv2d(x, weight, stride[0], padding[0], dilation[0])
+    if subgrid_conv_applies(x, stride, padding, dilation):
+        return subgrid_depthwise_conv2d(x, weight, stride[0], padding[0], dilation[0])
     if fast_path_refusal(x, weight, padding, dilation) is not None:
         return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
     return DepthwiseConv2dFunction.apply(x, weight, stride, padding, dilation)
@@ -201,3 +216,14 @@ def prefer_channels_last(setting: bool | None, # a config's `channels_last`: Tru
     "Should a model run channels-last? `setting` if given, else on CPU when batch·channels·side² is large."
     if setting is not None: return bool(setting)
     return torch.device(device).type == 'cpu' and batch * channels * image_size ** 2 >= CHANNELS_LAST_MIN_ELEMENTS
+
+# %% ../nbs/00_fastconv.ipynb #576b3504
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    "Have glibc keep freed memory for reuse instead of returning it to the OS; True if it took effect."
+    try: mallopt = ctypes.CDLL('libc.so.6').mallopt
+    except (OSError, AttributeError): return False  # not glibc
+    # a trim threshold of -1 reads as the largest size_t: never trim
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(M_TRIM_THRESHOLD, -1))

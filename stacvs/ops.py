@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .fastconv import FastDepthwiseConv2d
+from .fastconv import FastDepthwiseConv2d, subsample
 
 # %% auto #0
 __all__ = ['OPS', 'POOLING_OPS', 'register_op', 'check_op_name', 'make_op', 'ReLUConvBN', 'DilConv', 'SepConv',
@@ -93,7 +93,7 @@ class FactorizedReduce(nn.Module):
 def stride2_samples(x: torch.Tensor):
     "The pixels a 1×1 stride-2 conv reads from `x`, and from `x` shifted by one pixel (zero-padded at odd sides)."
     H, W = x.shape[-2:]
-    return x[:, :, ::2, ::2], F.pad(x[:, :, 1::2, 1::2], (0, W % 2, 0, H % 2))
+    return subsample(x, 0, 2), F.pad(subsample(x, 1, 2), (0, W % 2, 0, H % 2))
 
 # %% ../nbs/00_ops.ipynb #63fe6c0e
 def strided_shape(x: torch.Tensor, stride: int):

@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from .spaces import get_space, space_to_dict
 from .cells import Supernet, CELL_TYPES
 from .larc import LARC
-from .fastconv import prefer_channels_last
+from .fastconv import prefer_channels_last, retain_freed_memory
 from .genotypes import derive_genotype, genotype_to_dict, save_cell_diagrams
 from .data import search_loaders, get_dataset_info, ForeverIterator
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
@@ -101,6 +101,7 @@ class Search:
         self.config, self.callbacks = config, list(callbacks)
         self.dist = init_distributed()  # a single process unless started by torchrun
         self.device = rank_device(config.device, self.dist)
+        if self.device.type == 'cpu': retain_freed_memory()  # reuse freed activations instead of page-faulting them in
         seed_everything(config.seed)
         self.info = get_dataset_info(config.dataset)
         self.train_loader, self.valid_loader = loaders or search_loaders(

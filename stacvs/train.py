@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from .genotypes import Genotype, get_genotype, genotype_to_dict, save_cell_diagrams, plot_cell
 from .networks import NetworkCIFAR, NetworkImageNet, count_parameters, cell_genotypes, is_per_cell
 from .data import train_loaders, get_dataset_info, DatasetInfo
-from .fastconv import prefer_channels_last
+from .fastconv import prefer_channels_last, retain_freed_memory
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress, check_finite,
                          evaluate)
 from .distributed import init_distributed, rank_device, replicate, all_reduce_, batch_share, start_run_dir
@@ -167,6 +167,7 @@ class Trainer:
         c = config
         self.dist = init_distributed()  # a single process unless started by torchrun
         self.device = rank_device(c.device, self.dist)
+        if self.device.type == 'cpu': retain_freed_memory()  # reuse freed activations instead of page-faulting them in
         seed_everything(c.seed)
         self.info, self.genotype = get_dataset_info(c.dataset), resolve_genotype(c)
         self.model = replicate((model or build_network(c, self.info)).to(self.device), self.dist, c.sync_bn)
