@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 # %% auto #0
-__all__ = ['FAST_MIN_ELEMENTS', 'CHANNELS_LAST_MIN_ELEMENTS', 'M_TRIM_THRESHOLD', 'M_MMAP_THRESHOLD', 'fast_depthwise_enabled',
-           'use_fast_depthwise', 'depthwise_weight_grad', 'depthwise_input_grad', 'DepthwiseConv2dFunction',
-           'fast_path_refusal', 'memory_format_of', 'subsample', 'subgrid_conv_applies', 'subgrid_depthwise_conv2d',
-           'depthwise_conv2d', 'FastDepthwiseConv2d', 'is_depthwise_conv', 'swap_depthwise_convs',
-           'prefer_channels_last', 'retain_freed_memory']
+__all__ = ['FAST_MIN_ELEMENTS', 'CHANNELS_LAST_MIN_ELEMENTS', 'fast_depthwise_enabled', 'use_fast_depthwise',
+           'depthwise_weight_grad', 'depthwise_input_grad', 'DepthwiseConv2dFunction', 'fast_path_refusal',
+           'memory_format_of', 'subsample', 'subgrid_conv_applies', 'subgrid_depthwise_conv2d', 'depthwise_conv2d',
+           'FastDepthwiseConv2d', 'is_depthwise_conv', 'swap_depthwise_convs', 'prefer_channels_last',
+           'retain_freed_memory']
 
 # %% ../nbs/00_fastconv.ipynb #4b64c11a
 _FAST_DEPTHWISE = True  # module-level switch read by `depthwise_conv2d`
@@ -139,16 +139,15 @@ def subsample(x: torch.Tensor, offset: int, step: int) -> torch.Tensor:
 
 # %% ../nbs/00_fastconv.ipynb #cf85ec35
 def subgrid_conv_applies(x: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
-                      dilation: tuple[int, int]) -> bool:
+                         dilation: tuple[int, int]) -> bool:
     "Does `subgrid_depthwise_conv2d` compute this depthwise conv (stride = dilation ≥ 2, channels-last CPU input)?"
     d, p = dilation[0], padding[0]
     if not (_FAST_DEPTHWISE and x.device.type == 'cpu' and x.dim() == 4 and _channels_last_only(x)): return False
     return d >= 2 and dilation[1] == d and tuple(stride) == (d, d) and padding[1] == p and p % d == 0
 
 def subgrid_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, # (N, C, H, W) and (C, 1, kh, kw)
-                               stride: int, padding: int, dilation: int) -> torch.Tensor:
+                             padding: int, dilation: int) -> torch.Tensor: # the stride is the dilation, d
     "A depthwise conv with stride = dilation = d as an undilated conv of the sub-grid it reads (`x[:, :, ::d, ::d]`)."
-    assert stride == dilation, 'subgrid_depthwise_conv2d needs stride == dilation (see subgrid_conv_applies)'
     return F.conv2d(subsample(x, 0, dilation), weight, None, 1, padding // dilation, 1, x.shape[1])
 
 # %% ../nbs/00_fastconv.ipynb #5fc92a5c
@@ -158,7 +157,7 @@ def depthwise_conv2d(x: torch.Tensor, # input (N, C, H, W)
     "`F.conv2d(x, weight, None, stride, padding, dilation, groups=C)`, with a fast backward on CPU where it pays."
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     if subgrid_conv_applies(x, stride, padding, dilation):
-        return subgrid_depthwise_conv2d(x, weight, stride[0], padding[0], dilation[0])
+        return subgrid_depthwise_conv2d(x, weight, padding[0], dilation[0])
     if fast_path_refusal(x, weight, padding, dilation) is not None:
         return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
     return DepthwiseConv2dFunction.apply(x, weight, stride, padding, dilation)
@@ -218,7 +217,7 @@ def prefer_channels_last(setting: bool | None, # a config's `channels_last`: Tru
     return torch.device(device).type == 'cpu' and batch * channels * image_size ** 2 >= CHANNELS_LAST_MIN_ELEMENTS
 
 # %% ../nbs/00_fastconv.ipynb #576b3504
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 
 @functools.cache
 def retain_freed_memory() -> bool:
@@ -226,4 +225,4 @@ def retain_freed_memory() -> bool:
     try: mallopt = ctypes.CDLL('libc.so.6').mallopt
     except (OSError, AttributeError): return False  # not glibc
     # a trim threshold of -1 reads as the largest size_t: never trim
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))

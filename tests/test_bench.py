@@ -5,6 +5,7 @@ import torch
 import stacvs.fastconv as fastconv
 from stacvs.bench import straightforward, BenchCase, time_search_steps, format_rows, PAPER_CPU_CASES
 from stacvs.search import Search, SearchConfig
+from stacvs.fused import use_fused_cells
 
 TINY = SearchConfig(dataset='digits', layers=3, channels=4, batch_size=16, fraction=0.3, progress=False,
                     eval_valid=False, space='darts')
@@ -38,9 +39,11 @@ def test_optimized_and_straightforward_paths_give_the_same_alpha_and_weights(opt
 
 
 @pytest.mark.parametrize('optimization,second_order', [('one-level', False), ('bilevel', False), ('bilevel', True)])
-def test_channels_last_search_gives_the_same_alpha_and_weights(optimization, second_order):
+@pytest.mark.parametrize('fused', [True, False])  # unfused: per-edge ops, sub-grid dilated convs, subsample gradients
+def test_channels_last_search_gives_the_same_alpha_and_weights(optimization, second_order, fused):
     config = replace(TINY, optimization=optimization, second_order=second_order)
-    nhwc = _trajectory(replace(config, channels_last=True), plain=False)
+    with use_fused_cells(fused):
+        nhwc = _trajectory(replace(config, channels_last=True), plain=False)
     nchw = _trajectory(replace(config, channels_last=False), plain=True)
     for a, b in zip(nhwc, nchw):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
