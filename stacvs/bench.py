@@ -80,7 +80,8 @@ def straightforward(search: Search):
         del search.first_order_alpha_grad, search.second_order_alpha_grad
 
 # %% ../nbs/08a_bench.ipynb #db0ed07b
-def time_search_steps(case: BenchCase, steps: int = 5, warmup: int = 1) -> dict:
+def time_search_steps(case: BenchCase, steps: int = 5, warmup: int = 1,
+                      min_seconds: float = 0.0) -> dict: # time more than `steps` steps until this many seconds (≤ 200)
     "Seconds per search step (median, min) and peak memory of this process for one case."
     config = replace(case.config, dataset='cifar10', out=None, progress=False, eval_valid=False)
     if case.path == 'straightforward': config.channels_last = False  # the original code's NCHW layout
@@ -92,30 +93,33 @@ def time_search_steps(case: BenchCase, steps: int = 5, warmup: int = 1) -> dict:
     it, valid = iter(search.train_loader), search.valid_iter
     times = []
     with straightforward(search) if case.path == 'straightforward' else nullcontext():
-        for i in range(warmup + steps):
+        i = 0
+        while i < warmup + steps or (sum(times) < min_seconds and len(times) < 200):
             x, y = next(it, None) or next(it := iter(search.train_loader))
             sync(); t = time.perf_counter()
             if config.bilevel: search.bilevel_step(x, y, *next(valid))
             else: search.one_level_step(x, y)
             sync()
             if i >= warmup: times.append(time.perf_counter() - t)
+            i += 1
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     cuda_gb = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else None
-    return dict(case=case.name, path=case.path, device=str(device), threads=torch.get_num_threads(), steps=steps,
+    return dict(case=case.name, path=case.path, device=str(device), threads=torch.get_num_threads(), steps=len(times),
                 layout='NHWC' if search.channels_last else 'NCHW',
                 median_s=statistics.median(times), min_s=min(times), peak_rss_gb=rss_gb, peak_cuda_gb=cuda_gb)
 
 # %% ../nbs/08a_bench.ipynb #bb9444fb
-def _child(case, steps, warmup, threads, queue):
+def _child(case, steps, warmup, min_seconds, threads, queue):
     torch.set_num_threads(threads)
-    try: queue.put(time_search_steps(case, steps, warmup))
+    try: queue.put(time_search_steps(case, steps, warmup, min_seconds))
     except Exception as e: queue.put(dict(case=case.name, error=f"{type(e).__name__}: {e}"))
 
-def time_in_subprocess(case: BenchCase, steps: int = 5, warmup: int = 1, threads: int | None = None) -> dict:
+def time_in_subprocess(case: BenchCase, steps: int = 5, warmup: int = 1, threads: int | None = None,
+                       min_seconds: float = 0.0) -> dict:
     "`time_search_steps` in a fresh process, so its peak memory is its own."
     ctx = multiprocessing.get_context('spawn')
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(case, steps, warmup, threads or torch.get_num_threads(), queue))
+    proc = ctx.Process(target=_child, args=(case, steps, warmup, min_seconds, threads or torch.get_num_threads(), queue))
     proc.start()
     row = queue.get()
     proc.join()

@@ -115,7 +115,7 @@ def cmd_bench(args):
     if args.cases: cases = [c for c in cases if any(s in c.name for s in args.cases)]
     rows = []
     for case in cases:
-        rows += [time_in_subprocess(replace(case, path=path), args.steps, args.warmup, args.threads)
+        rows += [time_in_subprocess(replace(case, path=path), args.steps, args.warmup, args.threads, args.min_seconds)
                  for path in args.paths]  # the paths of one case run back to back: their ratio is fair
         print(format_rows(rows[-len(args.paths):], cases).splitlines()[-1], flush=True)
     print('\n' + format_rows(rows, cases))
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cases', nargs='*', help='with --table: only cases whose name contains one of these')
     p.add_argument('--image-size', type=int, default=32); p.add_argument('--steps', type=int, default=5)
     p.add_argument('--warmup', type=int, default=1); p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--min-seconds', type=float, default=3.0,
+                   help='time more steps than --steps until this many seconds (a steadier median for small configs)')
     p.add_argument('--paths', nargs='+', choices=['optimized', 'straightforward'], default=['optimized', 'straightforward'],
                    help="stacvs's optimized step and/or the original code's straightforward one (same math)")
     p.add_argument('--json', help='also write the rows to this JSON file')
