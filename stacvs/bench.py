@@ -119,7 +119,8 @@ def time_in_subprocess(case: BenchCase, steps: int = 5, warmup: int = 1, threads
     "`time_search_steps` in a fresh process, so its peak memory is its own."
     ctx = multiprocessing.get_context('spawn')
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(case, steps, warmup, min_seconds, threads or torch.get_num_threads(), queue))
+    threads = threads or torch.get_num_threads()
+    proc = ctx.Process(target=_child, args=(case, steps, warmup, min_seconds, threads, queue))
     proc.start()
     row = queue.get()
     proc.join()
@@ -156,6 +157,7 @@ def format_rows(rows: list[dict], cases: list[BenchCase] | None = None) -> str:
         p = plain['median_s'] if plain else nan
         ref_s = ref.reference_seconds if ref and ref.reference_seconds else nan
         ref_gb = ref.reference_rss_gb if ref and ref.reference_rss_gb else nan
-        lines.append(f"{name:24s} {(fast or plain)['device'][:6]:6s} {(fast or plain).get('layout', '?'):6s} {s:8.3f} {_memory(fast or plain):7.2f} {p:8.3f} "
+        row = fast or plain
+        lines.append(f"{name:24s} {row['device'][:6]:6s} {row.get('layout', '?'):6s} {s:8.3f} {_memory(row):7.2f} {p:8.3f} "
                      f"{p / s:5.2f} {ref_s:7.2f} {s / ref_s:6.2f} {ref_gb:7.2f}")
     return '\n'.join(lines)
