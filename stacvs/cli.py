@@ -9,8 +9,9 @@ from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['ALIASES', 'add_config_arguments', 'config_from_args', 'cmd_search', 'cmd_train', 'cmd_genotype', 'cmd_bench',
-           'cmd_repro', 'build_parser', 'main', 'console_entry']
+__all__ = ['ALIASES', 'ALIAS_NOTE', 'option_choices', 'add_config_arguments', 'config_from_args', 'add_override_argument',
+           'parse_overrides', 'resume_settings', 'cmd_search', 'cmd_train', 'cmd_genotype', 'cmd_bench', 'cmd_repro',
+           'import_plugins', 'build_parser', 'main', 'console_entry']
 
 # %% ../nbs/15_cli.ipynb #1ffec21c
 def _first_parse(types_):
@@ -30,18 +31,47 @@ def _base_type(hint):
         return args[0] if len(args) == 1 else _first_parse(args)
     return hint
 
-ALIASES = {'w_weight_decay': ('--weight-decay',)}  # R-DARTS(L2) is "DARTS with a larger --weight-decay"
+# search's weight optimizer and train's SGD are the same thing: both spellings work in both commands
+ALIASES = {'w_lr': ('--lr',), 'w_lr_min': ('--lr-min',), 'w_momentum': ('--momentum',),
+           'w_weight_decay': ('--weight-decay',), 'w_grad_clip': ('--grad-clip',),
+           'lr': ('--w-lr',), 'lr_min': ('--w-lr-min',), 'momentum': ('--w-momentum',),
+           'weight_decay': ('--w-weight-decay',), 'grad_clip': ('--w-grad-clip',)}
+ALIAS_NOTE = ("The weight optimizer's options have two spellings, the same in search and train: --w-lr/--lr, "
+              "--w-lr-min/--lr-min, --w-momentum/--momentum, --w-weight-decay/--weight-decay, --w-grad-clip/--grad-clip.")
+
+def option_choices() -> dict:
+    "The values of the options that take a name, read from the registries (so registered additions show up)."
+    from stacvs.spaces import SPACES
+    from stacvs.relaxations import RELAXATIONS
+    from stacvs.data import DATASETS
+    from stacvs.search import OPTIMIZATIONS, DERIVE_RULES
+    from stacvs.train import PROTOCOLS, SCHEDULES
+    return dict(space=SPACES, dataset=DATASETS, relaxation=RELAXATIONS, derive=DERIVE_RULES,
+                optimization=OPTIMIZATIONS, protocol=PROTOCOLS, schedule=SCHEDULES)
+
+def _option_help(name: str, doc: str, choices, default, presets: dict, preset_option: str) -> str:
+    "A field's help: its meaning, its choices, its default and what each preset sets it to."
+    set_by = ', '.join(f"{preset} {values[name]}" for preset, values in presets.items() if name in values)
+    if not set_by: default_text = f"default: {default}"
+    elif default is None: default_text = f"default: from {preset_option}: {set_by}"
+    else: default_text = f"default: {default}; presets: {set_by}"
+    text = '; '.join(t for t in (doc, f"choices: {', '.join(choices)}" if choices else '') if t)
+    return f"{text} ({default_text})".strip().replace('%', '%%')  # argparse formats help with %
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip=(),
-                         only_given: bool = False): # leave options not given out of the namespace (presets fill them)
-    "Add one option per field of the dataclass `config_cls`, with its default and documented meaning."
-    hints, docs = typing.get_type_hints(config_cls), docments(config_cls)
+                         only_given: bool = False, # leave options not given out of the namespace (presets fill them)
+                         presets: dict | None = None, # {preset name: {field: value}}, shown in each option's help
+                         preset_option: str = '--method'): # the option that picks a preset
+    "Add one option per field of the dataclass `config_cls`, with its meaning, choices, default and preset values."
+    hints, docs, choices = typing.get_type_hints(config_cls), docments(config_cls), option_choices()
     for f in dataclasses.fields(config_cls):
         if f.name in skip: continue
         flags, hint = ['--' + f.name.replace('_', '-'), *ALIASES.get(f.name, ())], _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{docs.get(f.name) or ''} (default: {default}{', or the method preset' if only_given else ''})"
-        kw = dict(default=argparse.SUPPRESS if only_given else default, help=help_text.strip())
+        help_text = _option_help(f.name, docs.get(f.name) or '', choices.get(f.name), default, presets or {},
+                                 preset_option)
+        if hint is bool and not only_given: help_text = help_text.rsplit(' (default', 1)[0]  # argparse adds it
+        kw = dict(default=argparse.SUPPRESS if only_given else default, help=help_text)
         if hint is bool: parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(hint) is tuple:
             args = typing.get_args(hint)
@@ -55,6 +85,49 @@ def config_from_args(config_cls, args: argparse.Namespace, **extra):
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names}  # nargs → tuple
     return config_cls(**values, **extra)
 
+# %% ../nbs/15_cli.ipynb #991f51b7
+def add_override_argument(parser):
+    "The `--override KEY=VALUE` option of the commands that resume runs."
+    parser.add_argument('--override', nargs='+', metavar='KEY=VALUE', default=argparse.SUPPRESS,
+                        help="with --resume: change these saved settings from the checkpoint on, recorded in "
+                             "config.json (e.g. --override w_lr=0.0125 after a divergence); values parse as JSON")
+
+def parse_overrides(pairs, # 'KEY=VALUE' strings
+                    fields) -> dict: # the settings the run has
+    "`--override` pairs as {setting: value}; a value is JSON when it parses (0.01, [0.5, 0.99], true), else a string."
+    values = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition('=')
+        key = key.strip().lstrip('-').replace('-', '_')
+        if not sep or key not in fields:
+            raise ValueError(f"--override {pair}: expected KEY=VALUE with KEY a setting of the run (e.g. w_lr=0.01)")
+        try: value = json.loads(text)
+        except json.JSONDecodeError: value = text
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return values
+
+def resume_settings(given: dict, # the options given (only those), including out, resume and override
+                    fields) -> dict: # the names the run's config takes
+    "With --resume: the saved run's settings, the options given checked against them, --override applied."
+    from stacvs.runs import RESUME_IGNORED, to_jsonable
+    overrides = parse_overrides(given.pop('override', ()), fields)
+    saved_path = Path(given['out']) / 'config.json'
+    if not saved_path.exists(): return {**given, **overrides}  # nothing saved yet: start with what was given
+    saved = json.loads(saved_path.read_text())
+    for k, v in given.items():
+        if k in fields and k not in RESUME_IGNORED and k not in overrides and to_jsonable(v) != saved.get(k):
+            flag = '--' + k.replace('_', '-')
+            raise ValueError(f"{flag} {v} differs from the saved run's {saved.get(k)!r} ({saved_path}); drop {flag} to "
+                             f"resume as saved, or change it deliberately with --override {k}={v}")
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+                if k in fields and k not in RESUME_IGNORED}
+    return {**settings, **given, **overrides, 'override': tuple(overrides)}
+
+def _given_options(args, drop=()) -> dict:
+    "The options given on the command line (lists as tuples), without the parser's own entries."
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+            if k not in ('command', 'func', *drop)}
+
 # %% ../nbs/15_cli.ipynb #a09c2a05
 def _default_out(kind, seed, *parts):
     return str(Path('runs') / '-'.join([kind, *map(str, parts), f"seed{seed}"]))
@@ -66,24 +139,48 @@ def _report(*lines):
 def cmd_search(args):
     from stacvs.methods import run_method
     from stacvs.diagnostics import check_diagnostics, make_diagnostics
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
-             if k not in ('command', 'func', 'method')}
+    from stacvs.reporting import configure_threads, check_tensorboard, search_summary
+    import time
+    from stacvs.search import SearchConfig
+    from stacvs.methods import TwoStageConfig
+    given = _given_options(args, drop=('threads',))
+    if given.get('resume') and 'out' in given:  # the saved run's settings (and method), checked and overridden
+        saved = Path(given['out']) / 'config.json'
+        method = given.pop('method', None) or (json.loads(saved.read_text()).get('method') if saved.exists() else None)
+        fields = {f.name for cls in (SearchConfig, TwoStageConfig) for f in dataclasses.fields(cls)} - {'method'}
+        given, args.method = resume_settings(given, fields), method or 'darts'
+    elif 'override' in given: raise ValueError("--override changes a run being resumed: add --resume (and --out)")
+    else: args.method = given.pop('method', 'darts')
     if 'out' not in given:
         given['out'] = _default_out('search', given.get('seed', 0), args.method,
                                     given.get('dataset', 'cifar10'))
     names, ratio = given.pop('diagnostics', None) or [], given.pop('early_stop_ratio', None)
     if ratio is not None and 'hessian' not in names: names = [*names, 'hessian']  # DARTS-ES needs the eigenvalue
     check_diagnostics(names, ratio)  # a bad name fails before any search starts; instruments are built per stage
+    if given.get('tensorboard'): check_tensorboard()  # a missing package fails before the run starts
+    configure_threads(args.threads, given.get('device', 'auto'))
+    started = time.monotonic()
     result = run_method(args.method, callbacks=lambda: make_diagnostics(names, ratio), **given)
-    _report(json.dumps(result['genotype'], indent=1 if isinstance(result['genotype'], list) else None),
-            f"{args.method} search finished: results, logs, checkpoints and cell diagrams in {given['out']}")
+    _report(*search_summary(result, time.monotonic() - started, given['out'], args.method))
     return result
 
 def cmd_train(args):
     from stacvs.train import TrainConfig, train
-    if args.out is None: args.out = _default_out('train', args.seed, Path(str(args.genotype)).stem, args.dataset)
-    result = train(config_from_args(TrainConfig, args))  # the protocol's presets fill fields left at defaults
-    _report(f"final test accuracy {result['test_acc']:.4f} after {result['epochs']} epochs; results in {args.out}")
+    from stacvs.reporting import configure_threads, check_tensorboard, train_summary
+    import time
+    given = _given_options(args, drop=('threads',))
+    if given.get('resume') and 'out' in given:  # the saved run's settings, checked and overridden
+        given = resume_settings(given, {f.name for f in dataclasses.fields(TrainConfig)})
+    elif 'override' in given: raise ValueError("--override changes a run being resumed: add --resume (and --out)")
+    config = TrainConfig(**given)  # the protocol's presets fill the settings not given
+    if config.out is None:
+        config = dataclasses.replace(config, out=_default_out('train', config.seed, Path(str(config.genotype)).stem,
+                                                              config.dataset))
+    if config.tensorboard: check_tensorboard()  # a missing package fails before the run starts
+    configure_threads(args.threads, config.device)
+    started = time.monotonic()
+    result = train(config)
+    _report(*train_summary(result, time.monotonic() - started, config.out))
     return result
 
 # %% ../nbs/15_cli.ipynb #f9b6da16
@@ -91,14 +188,20 @@ def cmd_genotype(args):
     from stacvs.genotypes import GENOTYPES, get_genotype, genotype_to_dict, save_cell_diagrams
     if args.action == 'list':
         print('\n'.join(sorted(GENOTYPES))); return sorted(GENOTYPES)
-    if args.genotype is None: raise SystemExit(f"stacvs genotype {args.action} needs a genotype name or JSON file")
+    from stacvs.runs import check_number, check_out_dir
+    if args.genotype is None:
+        raise ValueError(f"{args.action} needs a genotype: a published name (see `stacvs genotype list`), a genotype "
+                         "JSON or a search's result.json")
     genotype = get_genotype(args.genotype)
     if args.action == 'show':
         print(json.dumps(genotype_to_dict(genotype), indent=1)); return genotype
     if args.action == 'plot':
+        check_out_dir(args.out or '.')
         paths = save_cell_diagrams(genotype, args.out or '.')
         print('\n'.join(map(str, paths))); return paths
     from stacvs.networks import NetworkCIFAR, NetworkImageNet, count_parameters
+    for name in ('channels', 'layers', 'classes'): check_number(getattr(args, name), name, at_least=1, integer=True,
+                                                                optional=name == 'classes')
     net_cls = NetworkImageNet if args.imagenet else NetworkCIFAR
     classes = args.classes or (1000 if args.imagenet else 10)
     n = count_parameters(net_cls(args.channels, classes, args.layers, False, genotype))
@@ -130,56 +233,131 @@ def _parse_value(text: str):
 
 def cmd_repro(args):
     from stacvs.repro import repro_items, run_batch, write_report
+    from stacvs.reporting import configure_threads
     if args.action == 'list':
         for item, description in repro_items().items(): print(f"{item:26s} {description}")
         return list(repro_items())
-    if args.action == 'report':
-        path = write_report(args.out); print(f"report: {path}"); return path
+    if args.action == 'report':  # `stacvs repro report DIR`, or the --out directory
+        if len(args.items) > 1: raise ValueError(f"`repro report` takes one batch directory, got {args.items}")
+        out = Path(args.items[0] if args.items else args.out)
+        if not out.is_dir(): raise ValueError(f"no batch directory {out}: give the --out of a `stacvs repro run`")
+        path = write_report(out); print(f"report: {path}"); return path
     if not args.items: raise ValueError("stacvs repro run needs item ids (see `stacvs repro list`) or `all`")
     overrides = {k: _parse_value(v) for k, v in (p.split('=', 1) for p in args.param or [])}
     if args.seeds: overrides['seeds'] = args.seeds
     if args.device: overrides['device'] = args.device
     if args.data_root: overrides['data_root'] = args.data_root
-    summary = run_batch(args.items, args.profile, args.out, overrides, args.notebooks)
+    configure_threads(args.threads, args.device or 'auto')  # OMP_NUM_THREADS reaches the notebooks' kernels
+    summary = run_batch(args.items, args.profile, args.out, overrides, args.notebooks, show_progress=not args.quiet)
     failed = [s for s in summary if s['status'] == 'failed']
     print(f"{len(summary) - len(failed)} item(s) complete or skipped, {len(failed)} failed; report: {args.out}/report.md")
     for f in failed: print(f"  {f['item']}: {f.get('exception') or f['error']}: {str(f['message']).strip()[-300:]}")
+    if failed: raise SystemExit(1)  # a batch with a failed item is not a success
     return summary
+
+# %% ../nbs/15_cli.ipynb #687a28de
+import importlib, importlib.util, shlex
+
+class _Parser(argparse.ArgumentParser):
+    "An argument parser whose errors are one line, `stacvs search: error: ...`, with exit status 2."
+    def error(self, message):
+        if '--import' in message: message += "; --import goes before the command: stacvs --import MODULE search ..."
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+def import_plugins(modules) -> list: # module names (my_ops, pkg.ops) or paths of .py files
+    "Import the modules given with `--import`, so the ops, spaces and relaxations they register are known."
+    return [_import_plugin(name) for name in modules]
+
+def _import_plugin(name: str):
+    try:
+        if not (name.endswith('.py') or os.sep in name):
+            if os.getcwd() not in sys.path: sys.path.append(os.getcwd())  # as `python -m`: modules beside the user
+            return importlib.import_module(name)
+        path = Path(name).resolve()
+        if not path.is_file(): raise FileNotFoundError("no such file")
+        module = sys.modules.get(path.stem)
+        if module is not None:
+            if Path(getattr(module, '__file__', None) or '').resolve() == path: return module  # imported already
+            raise ImportError(f"another module named {path.stem!r} is imported already; rename the file")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = sys.modules[path.stem] = importlib.util.module_from_spec(spec)
+        try: spec.loader.exec_module(module)
+        except BaseException: sys.modules.pop(path.stem, None); raise
+        return module
+    except Exception as e: raise ValueError(f"--import {name} failed: {type(e).__name__}: {e}") from None
+
+def _error_line(e: Exception) -> str:
+    "The one line `main` prints for a bad input."
+    text = '; '.join(line.strip() for line in str(e).splitlines() if line.strip())
+    if '@register_op(' in text: text += " (from the command line: --import the module that registers it)"
+    return text
+
+def _run_dir(args) -> str | None:
+    "The run directory of a search or training (`--out`, or the default the command picks), else None."
+    given = vars(args)
+    if given.get('out') or args.command not in ('search', 'train'): return given.get('out')
+    if args.command == 'search':
+        return _default_out('search', given.get('seed', 0), given.get('method', 'darts'), given.get('dataset', 'cifar10'))
+    from stacvs.train import PROTOCOLS
+    protocol = given.get('protocol') or ('imagenet' if given.get('dataset') == 'imagenet' else 'base')
+    dataset = given.get('dataset') or PROTOCOLS.get(protocol, {}).get('dataset')
+    return _default_out('train', given.get('seed', 0), Path(str(given.get('genotype', 'DARTS_V2'))).stem, dataset)
+
+def _interrupted(args, imports) -> str:
+    "The line after Ctrl-C: for a search or training that has a run directory, how to continue it."
+    out = _run_dir(args)
+    if not out or not Path(out).is_dir(): return 'interrupted'
+    plugins = ''.join(f" --import {shlex.quote(m)}" for m in imports)
+    return f"interrupted; continue with: stacvs{plugins} {args.command} --out {shlex.quote(str(out))} --resume"
 
 # %% ../nbs/15_cli.ipynb #58d494c7
 def build_parser() -> argparse.ArgumentParser:
     "The `stacvs` argument parser."
     from stacvs.search import SearchConfig
-    from stacvs.train import TrainConfig
+    from stacvs.train import TrainConfig, PROTOCOLS
     from stacvs.methods import METHOD_PRESETS, TwoStageConfig
-    parser = argparse.ArgumentParser(prog='stacvs', description="Stable differentiable NAS: DARTS, StacNAS, VS-DARTS.")
+    from stacvs.reporting import THREADS_HELP
+    parser = _Parser(prog='stacvs', description="Stable differentiable NAS: DARTS, StacNAS, VS-DARTS.")
+    parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
+                        help='import this module first (a name on the Python path or in the current directory, or a '
+                             '.py file), so the ops, spaces and relaxations it registers are known; repeatable')
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('search', help='run an architecture search', description='Run an architecture search.')
-    p.add_argument('--method', choices=sorted(METHOD_PRESETS), default='darts',
+    p.add_argument('--method', choices=sorted(METHOD_PRESETS), default=argparse.SUPPRESS,
                    help='darts, stacnas (two stages, one-level), vsdarts, or stacvs (both papers) (default: darts)')
-    add_config_arguments(p, SearchConfig, only_given=True)
+    add_config_arguments(p, SearchConfig, skip={'method', 'override'}, only_given=True, presets=METHOD_PRESETS)
+    add_override_argument(p)
     add_config_arguments(p.add_argument_group('two-stage methods (stacnas, stacvs)'), TwoStageConfig, only_given=True)
     g = p.add_argument_group('diagnostics (VS-DARTS figures; written to diagnostics/ in each run directory)')
     g.add_argument('--diagnostics', nargs='+', default=argparse.SUPPRESS, metavar='NAME',
                    help='node_variance none_weight grad_norm edge_statistics hessian pt_selection')
     g.add_argument('--early-stop-ratio', type=float, default=argparse.SUPPRESS,
                    help='DARTS-ES: stop when λ_max(epoch − 5) / λ_max(epoch) falls below this (RobustDARTS: 0.75)')
+    p.add_argument('--threads', type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_search)
     p = sub.add_parser('train', help='train a final network from a genotype', description='Train a genotype.')
-    add_config_arguments(p, TrainConfig); p.set_defaults(func=cmd_train)
+    add_config_arguments(p, TrainConfig, skip={'override'}, only_given=True, presets=PROTOCOLS, preset_option='--protocol')
+    add_override_argument(p)
+    p.add_argument('--threads', type=int, help=THREADS_HELP)
+    p.set_defaults(func=cmd_train)
     p = sub.add_parser('genotype', help='show, plot or count a genotype', description='Show, plot or count a genotype.')
-    p.add_argument('action', choices=['list', 'show', 'plot', 'params'])
+    p.add_argument('action', choices=['list', 'show', 'plot', 'params'],
+                   help='list the published genotypes, show one as JSON, plot its cells, or count its parameters')
     p.add_argument('genotype', nargs='?', help='a published name (see `list`), a genotype JSON or a result.json')
     p.add_argument('--out', help='directory for `plot` (default: current directory)')
-    p.add_argument('--channels', type=int, default=36); p.add_argument('--layers', type=int, default=20)
-    p.add_argument('--classes', type=int, default=None); p.add_argument('--imagenet', action='store_true')
+    p.add_argument('--channels', type=int, default=36, help='for `params`: channels of the first cells (default: 36)')
+    p.add_argument('--layers', type=int, default=20, help='for `params`: cells in the network (default: 20)')
+    p.add_argument('--classes', type=int, default=None, help='for `params`: classes (default: 10, or 1000 with --imagenet)')
+    p.add_argument('--imagenet', action='store_true', help='for `params`: the ImageNet network (NetworkImageNet)')
     p.set_defaults(func=cmd_genotype)
     p = sub.add_parser('bench', help='time search steps and peak memory', description='Time search steps.')
-    add_config_arguments(p, SearchConfig, skip={'out', 'resume', 'progress'})
+    add_config_arguments(p, SearchConfig, skip={'out', 'resume', 'overwrite', 'override', 'method', 'progress', 'quiet', 'tensorboard'})
     p.add_argument('--table', action='store_true', help="run the original code's reference configurations")
     p.add_argument('--cases', nargs='*', help='with --table: only cases whose name contains one of these')
-    p.add_argument('--image-size', type=int, default=32); p.add_argument('--steps', type=int, default=5)
-    p.add_argument('--warmup', type=int, default=1); p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--image-size', type=int, default=32, help='side of the random images timed (default: 32)')
+    p.add_argument('--steps', type=int, default=5, help='search steps timed, at least (default: 5)')
+    p.add_argument('--warmup', type=int, default=1, help='untimed steps first (default: 1)')
+    p.add_argument('--threads', type=int, default=None, help="torch's CPU threads in the timed process (default: torch's)")
     p.add_argument('--min-seconds', type=float, default=3.0,
                    help='time more steps than --steps until this many seconds (a steadier median for small configs)')
     p.add_argument('--paths', nargs='+', choices=['optimized', 'straightforward'], default=['optimized', 'straightforward'],
@@ -189,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('repro', help="reproduce the papers' tables and figures",
                        description="Run the reproduction notebooks (papermill) and write the report.")
     p.add_argument('action', choices=['list', 'run', 'report'])
-    p.add_argument('items', nargs='*', help="item ids (see `list`), or `all`")
+    p.add_argument('items', nargs='*', metavar='ITEM|DIR',
+                   help="run: item ids (see `list`), or `all`; report: the batch directory (default: --out)")
     p.add_argument('--profile', choices=['smoke', 'quick', 'paper'], default='smoke',
                    help='smoke: CPU minutes; quick: one GPU, under an hour; paper: the published protocol')
     p.add_argument('--out', default='repro-runs', help='batch directory (default: repro-runs)')
@@ -197,21 +376,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', help='auto, cpu, cuda, cuda:N (default: the profile\'s)')
     p.add_argument('--data-root', help='directory holding the datasets (default: the profile\'s, /data)')
     p.add_argument('--param', nargs='*', metavar='NAME=VALUE', help='any other notebook parameter, e.g. epochs=5')
-    p.add_argument('--notebooks', help='directory of the reproduction notebooks (default: nbs/repro)')
+    p.add_argument('--notebooks', help='directory of the reproduction notebooks (default: $STACVS_REPRO_NOTEBOOKS, '
+                   "the copy installed with stacvs, or the checkout's nbs/repro)")
+    p.add_argument('--threads', type=int, help=THREADS_HELP)
+    p.add_argument('--quiet', action='store_true', help='no progress bars and no per-item lines (the final summary still prints)')
     p.set_defaults(func=cmd_repro)
+    for name in ('search', 'train'): sub.choices[name].epilog = ALIAS_NOTE
     return parser
 
 def main(argv=None):
     "Run a `stacvs` command (arguments as a list; default: the command line) and return its result."
     args = build_parser().parse_args(argv)
-    try: return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: say what is wrong, without a traceback
-        print(f"stacvs {args.command}: error: {e}", file=sys.stderr)
+    imports = vars(args).pop('imports', None) or []
+    try:
+        import_plugins(imports)
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one line saying what is wrong, no traceback
+        print(f"stacvs {args.command}: error: {_error_line(e)}", file=sys.stderr)
         raise SystemExit(2)
+    except KeyboardInterrupt:  # Ctrl-C: one line saying how to continue, no traceback
+        print(f"stacvs {args.command}: {_interrupted(args, imports)}", file=sys.stderr)
+        raise SystemExit(130)
 
 def console_entry():
-    "The `stacvs` console script: runs `main`, exit status 0 unless it raised."
-    main()
+    "The `stacvs` console script: exit status 0, 2 after bad input, 130 after Ctrl-C; quiet when its reader leaves."
+    try:
+        main()
+        sys.stdout.flush()  # a reader that went away (`| head -1`) shows up here at the latest
+    except KeyboardInterrupt:  # before a command started
+        print("stacvs: interrupted", file=sys.stderr); raise SystemExit(130)
+    except BrokenPipeError:  # the reader has what it wanted: stop quietly, as a process ended by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout once more at exit
+        raise SystemExit(141)
 
 # python -m stacvs.cli (e.g. torchrun --nproc_per_node 8 -m stacvs.cli search ...); a notebook has no __file__
 if __name__ == '__main__' and '__file__' in globals(): console_entry()

@@ -164,9 +164,11 @@ def barrier():
 def start_run_dir(run_dir: RunDir | None, # rank 0's run directory; None on the other ranks
                   out: str, # the run directory's path
                   config: dict, # the resolved config to write (rank 0)
-                  resume: bool) -> dict | None: # continue a checkpoint?
+                  resume: bool, # continue a checkpoint?
+                  overwrite: bool = False, # replace a run that is there
+                  override=()) -> dict | None: # with resume: config keys that may differ (see `RunDir.start`)
     "Rank 0 starts the run directory; every rank returns the checkpoint state to continue from (None: start fresh)."
-    state = run_dir.start(config, resume=resume) if run_dir else None
+    state = run_dir.start(config, resume=resume, overwrite=overwrite, override=override) if run_dir else None
     barrier()
     if run_dir is None:
         shared = RunDir(out)

@@ -76,7 +76,7 @@ def method_config(method: str, # a key of METHOD_PRESETS
     two_stage = method in TWO_STAGE_METHODS
     if stage_kw and not two_stage:
         raise ValueError(f"{sorted(stage_kw)} only apply to the two-stage methods {TWO_STAGE_METHODS}, not {method!r}")
-    config = SearchConfig(**{**METHOD_PRESETS[method], **search_kw})
+    config = SearchConfig(**{**METHOD_PRESETS[method], **search_kw, 'method': method})
     return config, (TwoStageConfig(**stage_kw) if two_stage else None)
 
 # %% ../nbs/12_methods.ipynb #a7572ece
@@ -169,10 +169,8 @@ def choose_depth(config: SearchConfig, stages: TwoStageConfig, space: SearchSpac
 # %% ../nbs/12_methods.ipynb #cd1d38c3
 def run_stage(config: SearchConfig, # the search settings of this stage (space and layers already set)
               out: Path | None, # the stage's run directory (None: in memory)
-              callbacks=()) -> tuple[dict, Search | None]: # a list, or a function making a fresh list per stage
-    "Run (or resume, or read back) one stage; returns its result and the `Search` (None when read back)."
-    if out and (out / 'result.json').exists() and config.resume:
-        return json.loads((out / 'result.json').read_text()), None
+              callbacks=()) -> tuple[dict, Search]: # a list, or a function making a fresh list per stage
+    "Run (or resume, or read back) one stage; returns its result and the `Search`."
     search = Search(replace(config, out=str(out) if out else None), callbacks() if callable(callbacks) else callbacks)
     return search.run(), search
 
@@ -208,8 +206,13 @@ def run_two_stage(config: SearchConfig, stages: TwoStageConfig, callbacks=()) ->
         raise ValueError("the two-stage methods grow one stage-2 space per cell type, not per cell; "
                          "use alpha_per_cell with a single-stage method (darts, vsdarts)")
     out = Path(config.out) if config.out else None
-    if out and (out / 'result.json').exists() and not config.resume:
-        raise ValueError(f"{out} already holds a finished search; pass resume=True (--resume) or another --out")
+    if out:
+        rd = RunDir(out)
+        record = dict(to_jsonable(asdict(config)), **asdict(stages), kind='two-stage search')
+        if config.resume and rd.state == 'finished': return rd.finished_result(record, config.override)  # nothing to do
+        # the pipeline's own config.json: refuses to replace another run, checks a resumed one (see RunDir.start)
+        rd.start(record, config.resume, config.overwrite, config.override)
+        config = replace(config, overwrite=False)  # the stages start in the cleared (or resumed) directory
     base = get_space(config.space)
     groups, grouping = resolve_groups(config, stages, out)
     space1 = get_space(register_stage_space(

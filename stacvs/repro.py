@@ -13,8 +13,9 @@ from .paper_values import ITEMS, compare, paper_values
 from .runs import atomic_write_json, atomic_write_text, to_jsonable, versions, resolve_device, progress
 
 # %% auto #0
-__all__ = ['PROFILES', 'EXTRA_ITEMS', 'repro_items', 'default_notebook_dir', 'check_parameters', 'ReproRun', 'profile_parameters',
-           'run_item', 'run_batch', 'collect_results', 'report_rows', 'plot_paper_vs_measured', 'write_report']
+__all__ = ['PROFILES', 'EXTRA_ITEMS', 'repro_items', 'default_notebook_dir', 'notebook_dir', 'check_parameters', 'ReproRun',
+           'profile_parameters', 'run_item', 'write_summary', 'run_batch', 'collect_results', 'report_rows',
+           'plot_paper_vs_measured', 'write_report']
 
 # %% ../nbs/14_repro.ipynb #9b984c2d
 PROFILES = ('smoke', 'quick', 'paper')
@@ -25,24 +26,35 @@ def repro_items() -> dict[str, str]:
     return {**{k: f"{v.paper} {v.description}" for k, v in ITEMS.items()}, **EXTRA_ITEMS}
 
 def default_notebook_dir() -> Path:
-    "`nbs/repro` of this checkout (or `$STACVS_REPRO_NOTEBOOKS`): where the reproduction notebooks live."
-    return Path(os.environ.get('STACVS_REPRO_NOTEBOOKS', Path(__file__).resolve().parent.parent / 'nbs' / 'repro'))
+    "`$STACVS_REPRO_NOTEBOOKS`, else the copy a wheel ships (`stacvs/repro_notebooks`), else the checkout's `nbs/repro`."
+    if os.environ.get('STACVS_REPRO_NOTEBOOKS'): return Path(os.environ['STACVS_REPRO_NOTEBOOKS'])
+    import stacvs
+    package = Path(stacvs.__file__).resolve().parent
+    shipped = package / 'repro_notebooks'  # nbs/repro, mapped into the package by pyproject.toml's package-dir
+    return shipped if shipped.is_dir() else package.parent / 'nbs' / 'repro'
+
+def notebook_dir(notebooks: str | Path | None = None) -> Path:
+    "`notebooks` (default: `default_notebook_dir()`) if it holds reproduction notebooks, else a one-line error."
+    path = Path(notebooks) if notebooks else default_notebook_dir()
+    if not any(path.glob('*.ipynb')):
+        raise ValueError(f"no reproduction notebooks in {path}: pass --notebooks DIR (nbs/repro of a stacvs checkout) "
+                         "or set STACVS_REPRO_NOTEBOOKS")
+    return path
 
 # %% ../nbs/14_repro.ipynb #15f2f2ec
 def check_parameters(item: str, # the notebook's item id
                      profile: str, # smoke, quick or paper
-                     seeds, # a list of ints
+                     seeds, # a list of ints (papermill: -y 'seeds: [0, 1]'; -p passes one value)
                      device: str = 'auto', # auto, cpu, cuda, cuda:N
                      **others) -> dict:
-    "Validate a notebook's common parameters; returns them (seeds as a list)."
+    "Validate a notebook's common parameters; returns them."
     if item not in repro_items(): raise ValueError(f"unknown reproduction item {item!r}; known: {list(repro_items())}")
     if profile not in PROFILES:
         raise ValueError(f"bad papermill parameter profile={profile!r}: expected one of {PROFILES} "
                          f"(e.g. -p profile smoke, or -f nbs/repro/profiles/smoke/{item}.yaml)")
-    if isinstance(seeds, int): seeds = [seeds]
     if not (isinstance(seeds, (list, tuple)) and seeds and all(isinstance(s, int) for s in seeds)):
         raise ValueError(f"bad papermill parameter seeds={seeds!r}: expected a non-empty list of integers, "
-                         "e.g. -p seeds '[0, 1, 2]'")
+                         "e.g. -y 'seeds: [0, 1, 2]' (papermill's -p gives one value or a string)")
     resolve_device(device)
     for name, value in others.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
@@ -121,6 +133,7 @@ def run_item(item: str, # an item id
                     message=f"no notebook for {item!r} at {source}; pass notebooks= (--notebooks) to find it")
     item_out = Path(out) / item
     parameters = {**profile_parameters(item, profile, notebooks), **(overrides or {}), 'profile': profile}
+    if type(parameters.get('seeds')) is int: parameters['seeds'] = [parameters['seeds']]  # --param seeds=0
     if _complete(item_out, parameters): return dict(item=item, status='skipped', reason='complete results.json')
     item_out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(item_out / 'parameters.json', to_jsonable(parameters))
@@ -141,17 +154,31 @@ def run_item(item: str, # an item id
     return dict(item=item, status='complete', seconds=time.time() - started)
 
 # %% ../nbs/14_repro.ipynb #13c6a703
+def write_summary(out: str | Path, summary: list[dict]) -> Path:
+    "Keep a batch's summary in OUT/summaries/<UTC time>.json (one file per batch) and as OUT/summary.json (the latest)."
+    now = time.time()  # names sort in time order: 20261129T212312.123456Z.json
+    out, stamp = Path(out), time.strftime('%Y%m%dT%H%M%S', time.gmtime(now)) + f'.{int(now % 1 * 1e6):06d}Z'
+    path, n = out / 'summaries' / f'{stamp}.json', 1
+    while path.exists(): n += 1; path = out / 'summaries' / f'{stamp}-{n}.json'  # same microsecond: never overwrite
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, summary)
+    atomic_write_json(out / 'summary.json', summary)
+    return path
+
 def run_batch(items, # item ids, or ['all']
               profile: str = 'smoke', out: str | Path = 'repro-runs', overrides: dict | None = None,
               notebooks: str | Path | None = None, show_progress: bool = True) -> list[dict]:
-    "Run many items (skipping complete ones, isolating failures); writes OUT/summary.json and the report."
+    "Run many items (skipping complete ones, isolating failures); writes the batch's summary and the report."
     items = list(repro_items()) if list(items) == ['all'] else list(items)
     unknown = [i for i in items if i not in repro_items()]
     if unknown: raise ValueError(f"unknown reproduction item(s) {unknown}; see `stacvs repro list`")
-    summary = []
-    for item in progress(items, desc=f"repro {profile}", disable=not show_progress):
+    notebooks = notebook_dir(notebooks)
+    from stacvs.reporting import ProgressLines, lines_wanted, item_details
+    summary, lines = [], ProgressLines(f"repro {profile}", len(items), enabled=show_progress and lines_wanted())
+    for i, item in enumerate(progress(items, desc=f"repro {profile}", disable=not show_progress), 1):
         summary.append(run_item(item, profile, out, overrides, notebooks))
-    atomic_write_json(Path(out) / 'summary.json', summary)
+        lines(i, item_details(summary[-1]))  # where no bar is drawn (a file, a pipe): a line per item
+    write_summary(out, summary)
     write_report(out)
     return summary
 

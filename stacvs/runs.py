@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_runs.ipynb #e5ec2169
 from __future__ import annotations
-import dataclasses, io, itertools, json, os, platform, random, subprocess, sys, tempfile
+import dataclasses, io, itertools, json, math, os, platform, random, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,20 +15,30 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['RESUME_IGNORED', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'to_jsonable', 'seed_everything',
-           'get_rng_state', 'set_rng_state', 'resolve_device', 'versions', 'RunDir', 'NonFiniteLossError',
-           'check_finite', 'progress', 'evaluate']
+           'get_rng_state', 'set_rng_state', 'option_name', 'check_number', 'check_choice', 'check_device',
+           'check_out_dir', 'resolve_device', 'versions', 'RunDir', 'restart_schedule', 'check_overridable',
+           'NonFiniteLossError', 'check_finite', 'check_finite_epoch', 'progress', 'evaluate']
 
 # %% ../nbs/07a_runs.ipynb #16d7ca29
+def _temporary_beside(path: Path) -> tuple[int, Path]:
+    "Create an empty temporary file next to `path`, with the permissions a new file normally gets (0666 − umask)."
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
+        try: return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError: continue
+    raise FileExistsError(f"could not create a temporary file next to {path}")
+
 def _atomic_write_bytes(path, data: bytes) -> Path:
     "Write `data` to `path` through a temporary file in the same directory and a rename."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')
+    fd, tmp = _temporary_beside(path)
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data); f.flush(); os.fsync(f.fileno())
+        if tmp.stat().st_size != len(data): raise OSError(f"short write to {tmp} (disk full?)")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -38,9 +48,9 @@ def atomic_write_text(path, # the file to (over)write
     return _atomic_write_bytes(path, text.encode())
 
 def atomic_write_json(path, # the file to (over)write
-                      obj) -> Path: # anything `to_jsonable` understands
+                      obj) -> Path: # anything `to_jsonable` understands; NaN and ±inf are written as null
     "Write `obj` as indented JSON to `path` atomically."
-    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=1) + '\n')
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=1, allow_nan=False) + '\n')
 
 def atomic_torch_save(obj, # anything `torch.save` can pickle
                       path) -> Path:
@@ -50,13 +60,12 @@ def atomic_torch_save(obj, # anything `torch.save` can pickle
 
 # %% ../nbs/07a_runs.ipynb #8095eb2b
 def to_jsonable(obj):
-    "A JSON-serializable copy of `obj`."
+    "A JSON-serializable copy of `obj` (NaN and ±inf become None)."
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type): return to_jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict): return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)): return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor): return obj.detach().cpu().tolist()
-    if isinstance(obj, np.ndarray): return obj.tolist()
-    if isinstance(obj, np.generic): return obj.item()
+    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)): return to_jsonable(obj.tolist())
+    if isinstance(obj, float): return obj if math.isfinite(obj) else None
     if isinstance(obj, (Path, torch.device, torch.dtype)): return str(obj)
     return obj
 
@@ -77,12 +86,68 @@ def set_rng_state(state: dict): # from `get_rng_state`
         for i, s in enumerate(state.get('cuda') or []):
             if i < torch.cuda.device_count(): torch.cuda.set_rng_state(s, i)
 
+# %% ../nbs/07a_runs.ipynb #46eab800
+import math, numbers, tempfile
+
+def option_name(field: str) -> str:
+    "The command-line option of a config field: `batch_size` → `--batch-size`."
+    return '--' + field.replace('_', '-')
+
+def check_number(value, # the setting
+                 field: str, # its config field (the message names the option, `--batch-size`)
+                 at_least=None, above=None, at_most=None, below=None, # bounds; None: unbounded
+                 integer: bool = False, # must it be a whole number?
+                 optional: bool = False): # may it be None?
+    "Raise a `ValueError` naming the option unless `value` is a finite number within the bounds."
+    if value is None and optional: return
+    limits = [(at_least, '≥', lambda v, b: v >= b), (above, '>', lambda v, b: v > b),
+              (at_most, '≤', lambda v, b: v <= b), (below, '<', lambda v, b: v < b)]
+    ok = (isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value) and all(b is None or holds(value, b) for b, _, holds in limits))
+    if not ok:
+        bounds = ' and '.join(f"{sign} {b}" for b, sign, _ in limits if b is not None)
+        raise ValueError(f"{option_name(field)} must be {'a whole number' if integer else 'a number'}"
+                         f"{' ' + bounds if bounds else ''}, got {value!r}")
+
+def check_choice(value, # the setting
+                 field: str, # its config field
+                 choices, # the values it may take
+                 what: str | None = None): # what the values are ('search space'); default: the field's name
+    "Raise a `ValueError` naming the option unless `value` is one of `choices`."
+    try: known = value in choices
+    except TypeError: known = False  # an unhashable value
+    if not known:
+        raise ValueError(f"{option_name(field)}: unknown {what or field.replace('_', ' ')} {value!r}; "
+                         f"expected one of {list(choices)}")
+
+def check_device(device): # 'auto', 'cpu', 'cuda', 'cuda:N', ...
+    "Raise a `ValueError` naming `--device` unless `device` is 'auto' or a device this machine has."
+    if str(device) == 'auto': return
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if d.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r} requested but CUDA is not available; use device 'cpu' or 'auto'")
+    if d.type == 'cuda' and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+def check_out_dir(out): # a run directory, or None (in memory)
+    "Raise a `ValueError` naming `--out` unless `out` is a directory that can be written or created; writes nothing."
+    if out is None: return
+    path = Path(out)
+    if path.exists() and not path.is_dir(): raise ValueError(f"--out {out} is a file; give a directory")
+    parent = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not parent.is_dir(): raise ValueError(f"--out {out} cannot be created: {parent} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=parent): pass  # an unnamed file: nothing appears in the directory
+    except OSError as e: raise ValueError(f"--out {out} is not writable: cannot create files in {parent} "
+                                          f"({e.strerror})") from None
+
 # %% ../nbs/07a_runs.ipynb #fd3649da
 def resolve_device(device: str = 'auto') -> torch.device:
-    "'auto' → CUDA when available, else CPU; anything else as torch understands it."
+    "'auto' → CUDA when available, else CPU; anything else as torch understands it (see `check_device`)."
     if str(device) == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if str(device).startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device 'cpu' or 'auto'")
+    check_device(device)
     return torch.device(device)
 
 # %% ../nbs/07a_runs.ipynb #c457e3e5
@@ -100,37 +165,87 @@ def versions() -> dict:
 
 # %% ../nbs/07a_runs.ipynb #c16e2e9e
 class RunDir:
-    "A run's directory: config, checkpoint, JSON-lines log, result and figures."
-    def __init__(self, path): # created if missing
-        self.path = Path(path); self.path.mkdir(parents=True, exist_ok=True)
+    "A run's directory: config, checkpoints, JSON-lines log, result and figures."
+    RESULTS = ('result.json', 'results.json') # a finished search or training / a finished reproduction item
+    STARTED = ('config.json', 'checkpoint.pt', 'checkpoint.prev.pt', 'log.jsonl', 'parameters.json', 'grouping',
+               'confusion', 'stage1', 'stage2', 'stage3') # a run (or a two-stage pipeline) began here
+    PRODUCTS = ('log.csv', 'failure.json', 'notebook.ipynb', 'normal.png', 'reduce.png', 'figures', 'diagnostics',
+                'tensorboard') # what runs write beside those; removed with them by `clear`
+
+    def __init__(self, path): # created when the run writes its first file
+        self.path = Path(path)
     config_path = property(lambda self: self.path / 'config.json')
     checkpoint_path = property(lambda self: self.path / 'checkpoint.pt')
+    previous_checkpoint_path = property(lambda self: self.path / 'checkpoint.prev.pt')
     log_path = property(lambda self: self.path / 'log.jsonl')
     result_path = property(lambda self: self.path / 'result.json')
     has_checkpoint = property(lambda self: self.checkpoint_path.exists())
     def __repr__(self): return f"RunDir({str(self.path)!r})"
+
+    def holds(self, names) -> list[str]: return [n for n in names if (self.path / n).exists()]
+    @property
+    def state(self) -> str:
+        "'empty', 'started' or 'finished' (see the text above)."
+        return 'finished' if self.holds(self.RESULTS) else 'started' if self.holds(self.STARTED) else 'empty'
 
     def write_config(self, config: dict) -> Path:
         "Write the resolved config with the software versions."
         return atomic_write_json(self.config_path, dict(to_jsonable(config), versions=versions()))
 
     def read_config(self) -> dict: return json.loads(self.config_path.read_text())
-    def save_checkpoint(self, state: dict) -> Path: return atomic_torch_save(state, self.checkpoint_path)
-    def load_checkpoint(self) -> dict: return torch.load(self.checkpoint_path, map_location='cpu', weights_only=False)
     def write_result(self, result: dict) -> Path: return atomic_write_json(self.result_path, result)
     def read_result(self) -> dict: return json.loads(self.result_path.read_text())
 
     def figure_path(self, name: str) -> Path:
         "Where to save the figure `name` (under `figures/`)."
-        (self.path / 'figures').mkdir(exist_ok=True)
+        (self.path / 'figures').mkdir(parents=True, exist_ok=True)
         return self.path / 'figures' / name
 
+# %% ../nbs/07a_runs.ipynb #be9fc05a
+@patch
+def _keep_previous_checkpoint(self: RunDir):
+    "checkpoint.prev.pt ← checkpoint.pt (atomically; checkpoint.pt itself stays in place)."
+    tmp = self.path / '.checkpoint.prev.pt.tmp'
+    tmp.unlink(missing_ok=True)
+    try: os.link(self.checkpoint_path, tmp)
+    except OSError: shutil.copyfile(self.checkpoint_path, tmp)  # file systems without hard links
+    os.replace(tmp, self.previous_checkpoint_path)
+
+@patch
+def save_checkpoint(self: RunDir, state: dict) -> Path:
+    "Write `state` as checkpoint.pt, keeping the previous checkpoint as checkpoint.prev.pt."
+    buffer = io.BytesIO(); torch.save(state, buffer)  # a state that cannot be saved fails before any file changes
+    if self.has_checkpoint: self._keep_previous_checkpoint()
+    return _atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+
+@patch
+def load_checkpoint(self: RunDir) -> dict:
+    "The saved checkpoint; a clear error naming the file and the way out when it cannot be read."
+    try: return torch.load(self.checkpoint_path, map_location='cpu', weights_only=False)
+    except FileNotFoundError: raise
+    except Exception as e:
+        prev = self.previous_checkpoint_path
+        fix = (f"restore the previous one (mv {prev} {self.checkpoint_path}) and resume, or start again with "
+               "--overwrite" if prev.exists() else "start again with --overwrite (no previous checkpoint is kept)")
+        raise ValueError(f"checkpoint {self.checkpoint_path} is truncated or corrupt ({type(e).__name__}); {fix}") from e
+
 # %% ../nbs/07a_runs.ipynb #681665e1
+def _has_nonfinite(value) -> bool:
+    if isinstance(value, float): return not math.isfinite(value)
+    if isinstance(value, (torch.Tensor, np.ndarray)): return not bool(np.isfinite(np.asarray(value.tolist(), float)).all())
+    if isinstance(value, (list, tuple)): return any(map(_has_nonfinite, value))
+    if isinstance(value, dict): return any(map(_has_nonfinite, value.values()))
+    return False
+
 @patch
 def log(self: RunDir, record: dict):
-    "Append one JSON record to log.jsonl."
+    "Append one JSON record to log.jsonl (NaN/inf as null, their keys under `nonfinite`)."
+    line = to_jsonable(record)
+    bad = [k for k, v in record.items() if _has_nonfinite(v)]
+    if bad: line['nonfinite'] = bad
+    self.path.mkdir(parents=True, exist_ok=True)
     with open(self.log_path, 'a') as f:
-        f.write(json.dumps(to_jsonable(record)) + '\n'); f.flush(); os.fsync(f.fileno())
+        f.write(json.dumps(line, allow_nan=False) + '\n'); f.flush(); os.fsync(f.fileno())
 
 @patch
 def read_log(self: RunDir) -> list[dict]:
@@ -149,49 +264,117 @@ def truncate_log(self: RunDir, epoch: int): # the first epoch number to drop
     atomic_write_text(self.log_path, ''.join(json.dumps(r) + '\n' for r in kept))
 
 # %% ../nbs/07a_runs.ipynb #f691988a
-RESUME_IGNORED = frozenset({'out', 'resume', 'progress', 'versions', 'device', 'data_root'})
+RESUME_IGNORED = frozenset({'out', 'resume', 'overwrite', 'override', 'progress', 'quiet', 'tensorboard', 'threads',
+                            'versions', 'device', 'data_root', 'resume_overrides'})
 
 @patch
 def check_resumable(self: RunDir,
                     config: dict, # the config of the run about to resume
-                    ignore=RESUME_IGNORED): # keys allowed to differ
-    "Raise a clear error if `config` differs from the saved one in anything that changes results."
-    if not self.config_path.exists(): return
+                    override=(), # keys that may differ: an explicit, recorded change (e.g. a lower learning rate)
+                    ignore=RESUME_IGNORED) -> dict: # keys that never matter
+    "Raise a clear error if `config` differs from the saved one in anything but `override`; return the overridden changes."
+    if not self.config_path.exists(): return {}
     saved, new = self.read_config(), to_jsonable(config)
     differ = sorted(k for k in new if k not in ignore and saved.get(k) != new[k])
-    if differ:
-        detail = '; '.join(f"{k}: saved {saved.get(k)!r}, now {new[k]!r}" for k in differ)
-        raise ValueError(f"cannot resume {self.path}: the config differs in {', '.join(differ)} ({detail}). "
-                         "Resume with the saved settings, or start a new run in another output directory.")
+    refused = [k for k in differ if k not in override]
+    if refused:
+        detail = '; '.join(f"{k}: saved {saved.get(k)!r}, now {new[k]!r}" for k in refused)
+        raise ValueError(f"cannot resume {self.path}: the config differs in {', '.join(refused)} ({detail}). Resume "
+                         "with the saved settings, name a deliberate change with --override KEY=VALUE, or start a new "
+                         "run in another output directory.")
+    return {k: [saved.get(k), new[k]] for k in differ}
 
 # %% ../nbs/07a_runs.ipynb #cc95aad1
 @patch
+def check_start(self: RunDir, resume: bool = False, overwrite: bool = False):
+    "Refuse (before anything is written) to start where a run already is, unless resuming or overwriting it."
+    if self.path.exists() and not self.path.is_dir():
+        raise ValueError(f"--out {self.path} is a file, not a directory; choose another --out")
+    if resume and overwrite: raise ValueError("--resume and --overwrite exclude each other; choose one")
+    if self.state != 'empty' and not (resume or overwrite):
+        raise ValueError(f"{self.path} already holds a {self.state} run ({', '.join(self.holds(self.RESULTS + self.STARTED))}); "
+                         "pass resume=True (--resume) to continue it, overwrite=True (--overwrite) to replace it, "
+                         "or choose another output directory")
+
+@patch
+def clear(self: RunDir):
+    "Remove the files and directories runs write here (for `overwrite`); other files are left alone."
+    for name in self.RESULTS + self.STARTED + self.PRODUCTS:
+        p = self.path / name
+        if p.is_dir(): shutil.rmtree(p)
+        else: p.unlink(missing_ok=True)
+
+@patch
 def start(self: RunDir,
           config: dict, # the resolved config to write (or to check on resume)
-          resume: bool = False) -> dict | None:
+          resume: bool = False, # continue the run here from its checkpoint
+          overwrite: bool = False, # replace the run here
+          override=()) -> dict | None: # with `resume`: config keys that may differ (recorded in config.json)
     "Open the run: the checkpoint to continue from (with `resume`), else None after writing a fresh config."
-    if resume and self.has_checkpoint:
-        self.check_resumable(config)
-        return self.load_checkpoint()
-    if self.has_checkpoint:
-        raise ValueError(f"{self.path} already holds a run (checkpoint.pt); pass resume=True (--resume) to continue "
-                         "it, or choose another output directory")
-    for p in (self.log_path, self.result_path): p.unlink(missing_ok=True)
-    self.write_config(config)
-    return None
+    self.check_start(resume, overwrite)
+    if overwrite: self.clear()
+    changes = self.check_resumable(config, override) if resume else {}
+    state = self.load_checkpoint() if resume and self.has_checkpoint else None
+    if state is None:  # a fresh start, or a run that died before its first checkpoint: no stale log or result
+        for p in (self.log_path, self.path / 'log.csv', self.result_path): p.unlink(missing_ok=True)
+    if changes:
+        history = self.read_config().get('resume_overrides', []) + [dict(epoch=(state or {}).get('epoch'), changes=changes)]
+        self.write_config(dict(config, resume_overrides=history))
+    elif state is None: self.write_config(config)
+    return state
+
+@patch
+def finished_result(self: RunDir, config: dict, override=()) -> dict:
+    "The result of the finished run here, after checking that `config` is the config it had (resume of a finished run)."
+    self.check_resumable(config, override)
+    return self.read_result()
+
+# %% ../nbs/07a_runs.ipynb #6ece4c95
+def restart_schedule(scheduler, # a loaded torch LR scheduler (cosine, exponential, ...)
+                     base_lr: float, # the new initial learning rate
+                     **settings): # the scheduler's own attributes to change (eta_min, T_max, gamma)
+    "Change a scheduler's base rate and settings mid-run; the groups' rates jump to the new schedule's value now."
+    for name, value in settings.items():
+        if not hasattr(scheduler, name): raise ValueError(f"{type(scheduler).__name__} has no setting {name!r}")
+        setattr(scheduler, name, value)
+    groups = scheduler.optimizer.param_groups
+    scheduler.base_lrs = [base_lr] * len(groups)
+    for group, lr in zip(groups, scheduler._get_closed_form_lr()):
+        group.update(initial_lr=base_lr, lr=lr)
+    scheduler._last_lr = [group['lr'] for group in groups]
+
+def check_overridable(override, # the keys a resumed run is asked to change
+                      allowed): # the keys that run can change mid-way
+    "Refuse an override of a setting that a run cannot change mid-way (it would need another model or data)."
+    refused = [k for k in override if k not in allowed]
+    if refused:
+        raise ValueError(f"--override {', '.join(refused)}: cannot change when resuming (it changes the network or "
+                         f"the data; start a new run); these can: {', '.join(allowed)}")
 
 # %% ../nbs/07a_runs.ipynb #3ed08dd6
 class NonFiniteLossError(RuntimeError):
     "The training loss became NaN or infinite."
 
+_DIVERGED = ("the run stopped and its last checkpoint (finite losses and weights) is intact. {advice}")
+_ADVICE = "Lower the learning rate or check the data, then resume with --resume --override KEY=VALUE."
+
 def check_finite(value, # a loss (tensor or number)
-                 where: str): # e.g. "epoch 3"
+                 where: str, # e.g. "epoch 3"
+                 advice: str | None = None): # how to continue (default: lower the learning rate and resume)
     "Raise `NonFiniteLossError` unless `value` is finite."
     value = torch.as_tensor(value)
     if not torch.isfinite(value).all():
-        raise NonFiniteLossError(f"non-finite loss ({value.item() if value.numel() == 1 else value}) at {where}; the "
-                                 "run stopped and its last checkpoint is intact. Lower the learning rate or check the "
-                                 "data, then rerun with resume.")
+        shown = value.item() if value.numel() == 1 else value
+        raise NonFiniteLossError(f"non-finite loss ({shown}) at {where}; " + _DIVERGED.format(advice=advice or _ADVICE))
+
+def check_finite_epoch(record: dict, # the epoch's log record
+                       parameters, # the model's parameters
+                       where: str, advice: str | None = None):
+    "Raise `NonFiniteLossError` if a number of the record or a parameter is NaN/inf (call before checkpointing)."
+    bad = [k for k, v in record.items() if _has_nonfinite(v)]
+    if not all(bool(torch.isfinite(p).all()) for p in parameters): bad.append('parameters')
+    if bad:
+        raise NonFiniteLossError(f"non-finite {', '.join(bad)} at {where}; " + _DIVERGED.format(advice=advice or _ADVICE))
 
 # %% ../nbs/07a_runs.ipynb #253605c6
 def _interactive() -> bool:

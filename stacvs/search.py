@@ -17,72 +17,106 @@ from .fastconv import prefer_channels_last, retain_freed_memory
 from .genotypes import derive_genotype, genotype_to_dict, save_cell_diagrams
 from .data import search_loaders, get_dataset_info, ForeverIterator
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
-                         NonFiniteLossError, check_finite, evaluate)
+                         NonFiniteLossError, check_finite, check_finite_epoch, restart_schedule, check_overridable,
+                         evaluate)
+from .reporting import run_reporters
 from .distributed import (init_distributed, rank_device, replicate, all_reduce_, all_reduce_grads, batch_share,
                                 any_rank, start_run_dir)
 
 # %% auto #0
-__all__ = ['OPTIMIZATIONS', 'SearchConfig', 'weight_optimizer', 'Search', 'gradients', 'search']
+__all__ = ['OPTIMIZATIONS', 'DERIVE_RULES', 'SEARCH_OVERRIDABLE', 'SearchConfig', 'weight_optimizer', 'Search', 'gradients',
+           'search']
 
 # %% ../nbs/08_search.ipynb #1ee56f03
+from .relaxations import RELAXATIONS
+from .data import DATASETS
+from .runs import check_number, check_choice, check_device, check_out_dir
+
 OPTIMIZATIONS = ('bilevel', 'one-level')
+DERIVE_RULES = ('softmax', 'raw')  # see `derive_genotype`
 
 @dataclass
 class SearchConfig:
     "Everything that defines a search run; defaults follow DARTS (reference §3)."
     optimization: str = 'bilevel' # 'bilevel' (DARTS: α on a held-out split) or 'one-level' (StacNAS: α and weights on one batch)
     second_order: bool = False # bilevel only: unrolled (second-order) α gradient
-    space: str = 'darts' # a registered search space
-    dataset: str = 'cifar10'
-    data_root: str | None = None
+    space: str = 'darts' # a registered search space, or a space JSON file (`space_to_dict`'s format)
+    dataset: str = 'cifar10' # the images searched on
+    data_root: str | None = None # directory holding the dataset (not needed for digits)
     layers: int | str = 8 # cells; 'auto' only in two-stage methods (depth matched by gradient confusion)
-    channels: int = 16
-    stem_multiplier: int = 3
-    epochs: int = 50
-    batch_size: int = 64
+    channels: int = 16 # channels of the first cells
+    stem_multiplier: int = 3 # the stem has stem_multiplier × channels channels
+    epochs: int = 50 # search epochs (of each stage, in two-stage methods)
+    batch_size: int = 64 # images per batch (each split, bilevel)
     train_portion: float = 0.5 # bilevel: share of the training images that train the weights
     fraction: float = 1.0 # use this share of the training images (smoke runs)
     augment: bool = True # crop + flip during search
-    w_lr: float = 0.025
-    w_lr_min: float = 0.001
-    w_momentum: float = 0.9
-    w_weight_decay: float = 3e-4
-    w_grad_clip: float | None = None # None: 5 for bilevel, 3 for one-level (reference §3, §4)
-    a_lr: float = 3e-4
-    a_betas: tuple[float, float] = (0.5, 0.999)
-    a_weight_decay: float = 1e-3
+    w_lr: float = 0.025 # initial learning rate of the weights (SGD, cosine schedule)
+    w_lr_min: float = 0.001 # final learning rate of the weights' cosine schedule
+    w_momentum: float = 0.9 # SGD momentum of the weights
+    w_weight_decay: float = 3e-4 # SGD weight decay of the weights (R-DARTS(L2): larger)
+    w_grad_clip: float | None = None # gradient-norm clip of the weights (None: 5 bilevel, 3 one-level; reference §3, §4)
+    a_lr: float = 3e-4 # learning rate of α (Adam)
+    a_betas: tuple[float, float] = (0.5, 0.999) # Adam betas of α
+    a_weight_decay: float = 1e-3 # weight decay of α
     relaxation: str = 'softmax' # 'softmax' (DARTS) or 'sqrt' (VS-DARTS √β)
     node_norm: bool = False # VS-DARTS node normalization
     larc: bool = False # VS-DARTS: LARC (clip mode) around the weight optimizer, after the grad-norm clip
     larc_trust: float = 0.02 # LARC trust coefficient
-    alpha_per_cell: bool = False
+    alpha_per_cell: bool = False # one α per cell instead of one per cell type
     derive: str = 'softmax' # genotype ranking: 'softmax' (DARTS) or 'raw' α (StacNAS code)
     hvp_r: float = 0.01 # second order: finite-difference radius numerator (R = r / ‖∇w' L_val‖)
     eval_valid: bool = True # bilevel: evaluate the whole valid split at the end of each epoch
     max_steps_per_epoch: int | None = None # cap steps per epoch (smoke runs, benchmarks)
     checkpoint_every: int = 0 # also checkpoint every N steps inside an epoch (0: at epoch ends only)
-    seed: int = 0
-    device: str = 'auto'
+    seed: int = 0 # seeds every random generator and the data split
+    device: str = 'auto' # auto (CUDA when available), cpu, cuda or cuda:N
     amp: bool = False # bf16 autocast on CUDA (α, softmax and BN statistics stay fp32)
     channels_last: bool | None = None # None: channels-last on CPU for large states (`prefer_channels_last`)
     sync_bn: bool = True # under torchrun: BatchNorm statistics over the global batch (False: per rank, as DARTS's code)
+    method: str | None = None # the preset this config was built from (set by run_method; recorded for resume)
     out: str | None = None # run directory; None keeps everything in memory
-    resume: bool = False
-    progress: bool = True
+    resume: bool = False # continue the run in `out` from its checkpoint (its saved config; see override)
+    overwrite: bool = False # replace a run that `out` already holds (never without this flag)
+    override: tuple[str, ...] = () # with resume: settings that may differ from the saved run (recorded)
+    progress: bool = True # progress bars (shown on terminals and in notebooks)
+    quiet: bool = False # no progress bars and no epoch lines (the final summary still prints)
+    tensorboard: bool = False # TensorBoard event files in OUT/tensorboard (pip install "stacvs[tensorboard]")
 
     def __post_init__(self):
-        if self.optimization not in OPTIMIZATIONS:
-            raise ValueError(f"unknown optimization {self.optimization!r}; expected one of {OPTIMIZATIONS}")
+        # every setting is checked here, before any data or file: messages name the CLI option (`--batch-size`)
+        check_choice(self.optimization, 'optimization', OPTIMIZATIONS)
         if self.second_order and not self.bilevel:
-            raise ValueError("second_order=True needs optimization='bilevel' (one-level search has no unrolling)")
-        if not (isinstance(self.layers, int) or self.layers == 'auto'):
-            raise ValueError(f"layers must be a number of cells or 'auto', not {self.layers!r}")
+            raise ValueError("--second-order needs --optimization bilevel (one-level search has no unrolling)")
         if self.larc and self.second_order:
-            raise ValueError("larc=True with second_order=True is not supported: the unrolled virtual step would "
-                             "ignore LARC's local rates (VS-DARTS searches first order); drop one of them")
+            raise ValueError("--larc with --second-order is not supported: the unrolled virtual step would ignore "
+                             "LARC's local rates (VS-DARTS searches first order); drop one of them")
+        if self.layers != 'auto':
+            if not isinstance(self.layers, int) or isinstance(self.layers, bool):
+                raise ValueError(f"--layers must be a number of cells or 'auto', not {self.layers!r}")
+            check_number(self.layers, 'layers', at_least=1, integer=True)
+        for name in ('channels', 'stem_multiplier', 'epochs', 'batch_size'):
+            check_number(getattr(self, name), name, at_least=1, integer=True)
+        check_number(self.train_portion, 'train_portion', above=0, below=1)
+        check_number(self.fraction, 'fraction', above=0, at_most=1)
+        for name in ('w_lr', 'a_lr', 'larc_trust', 'hvp_r'): check_number(getattr(self, name), name, above=0)
+        for name in ('w_lr_min', 'w_weight_decay', 'a_weight_decay'): check_number(getattr(self, name), name, at_least=0)
+        check_number(self.w_momentum, 'w_momentum', at_least=0, below=1)
         if self.w_grad_clip is None: self.w_grad_clip = 5.0 if self.bilevel else 3.0
+        check_number(self.w_grad_clip, 'w_grad_clip', above=0)
         self.a_betas = tuple(self.a_betas)
-        get_space(self.space)  # fail early on an unknown space
+        if len(self.a_betas) != 2: raise ValueError(f"--a-betas takes two numbers, got {self.a_betas}")
+        for beta in self.a_betas: check_number(beta, 'a_betas', at_least=0, below=1)
+        check_number(self.max_steps_per_epoch, 'max_steps_per_epoch', at_least=1, integer=True, optional=True)
+        check_number(self.checkpoint_every, 'checkpoint_every', at_least=0, integer=True)
+        check_number(self.seed, 'seed', integer=True)
+        if isinstance(self.relaxation, str): check_choice(self.relaxation, 'relaxation', sorted(RELAXATIONS))
+        check_choice(self.derive, 'derive', DERIVE_RULES, 'derivation rule')
+        check_choice(self.dataset, 'dataset', list(DATASETS))
+        check_device(self.device)
+        check_out_dir(self.out)
+        try: get_space(self.space)
+        except ValueError as e: raise ValueError(f"--space: {e}") from None  # an unknown space, or a bad space file
 
     @property
     def bilevel(self) -> bool: return self.optimization == 'bilevel'
@@ -93,12 +127,20 @@ def weight_optimizer(params, config: SearchConfig) -> torch.optim.Optimizer:
     sgd = torch.optim.SGD(params, config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay)
     return LARC(sgd, trust_coefficient=config.larc_trust, clip=True) if config.larc else sgd
 
+SEARCH_OVERRIDABLE = ('epochs', 'w_lr', 'w_lr_min', 'w_momentum', 'w_weight_decay', 'w_grad_clip', 'a_lr', 'a_betas',
+                      'a_weight_decay', 'larc_trust', 'hvp_r', 'derive', 'eval_valid', 'max_steps_per_epoch',
+                      'checkpoint_every', 'amp')
+
 class Search:
     "A DARTS-family architecture search: build from a `SearchConfig`, then `run()`."
     def __init__(self, config: SearchConfig, callbacks=(), model: Supernet | None = None, loaders=None):
         if not isinstance(config.layers, int):
             raise ValueError(f"layers={config.layers!r} needs a two-stage method (stacnas, stacvs); give a number of cells")
-        self.config, self.callbacks = config, list(callbacks)
+        # a run already in `out` is refused before any data is loaded or file written (unless resumed or overwritten)
+        if config.out: RunDir(config.out).check_start(config.resume, config.overwrite)
+        check_overridable(config.override, SEARCH_OVERRIDABLE)
+        # after the caller's callbacks: epoch lines, log.csv and (optionally) TensorBoard (`stacvs.reporting`)
+        self.config, self.callbacks = config, [*callbacks, *run_reporters(config, 'search')]
         self.dist = init_distributed()  # a single process unless started by torchrun
         self.device = rank_device(config.device, self.dist)
         if self.device.type == 'cpu': retain_freed_memory()  # reuse freed activations instead of page-faulting them in
@@ -272,6 +314,22 @@ def load_state_dict(self: Search, state: dict):
 def save_checkpoint(self: Search):
     if self.run_dir: self.run_dir.save_checkpoint(self.state_dict())
 
+@patch
+def apply_hyperparameters(self: Search):
+    "Put the config's optimizer settings and schedule into the loaded optimizers (after a resume with `override`)."
+    c = self.config
+    for group in self.w_optimizer.param_groups: group.update(momentum=c.w_momentum, weight_decay=c.w_weight_decay)
+    for group in self.a_optimizer.param_groups: group.update(lr=c.a_lr, betas=tuple(c.a_betas), weight_decay=c.a_weight_decay)
+    if c.larc: self.w_optimizer.trust_coefficient = c.larc_trust
+    restart_schedule(self.scheduler, c.w_lr, eta_min=c.w_lr_min, T_max=c.epochs)
+
+@patch
+def divergence_advice(self: Search) -> str:
+    "How to continue a diverged search: its last checkpoint with half the weight learning rate."
+    lr, out = f"{self.config.w_lr / 2:g}", self.config.out or 'OUT'
+    return (f"Resume it with a lower learning rate: stacvs search --out {out} --resume --override w_lr={lr} "
+            f"(Python: resume=True, override=('w_lr',), w_lr={lr}).")
+
 # %% ../nbs/08_search.ipynb #3eb0ed94
 def _accuracy(logits, y): return (logits.argmax(1) == y).sum()
 def _loss_sum(logits, y): return F.cross_entropy(logits, y, reduction='sum')
@@ -283,7 +341,7 @@ def train_epoch(self: Search) -> dict:
     steps = len(self.train_loader) if c.max_steps_per_epoch is None else min(len(self.train_loader), c.max_steps_per_epoch)
     self.model.train()
     bar = progress(range(self.step_in_epoch, steps), desc=f"search epoch {self.epoch + 1}/{c.epochs}",
-                   disable=not (c.progress and self.dist.is_main), leave=False)
+                   disable=c.quiet or not (c.progress and self.dist.is_main), leave=False)
     for _ in bar:
         x, y = next(self.train_iter)
         if c.bilevel:
@@ -291,7 +349,7 @@ def train_epoch(self: Search) -> dict:
             loss, logits, vloss, vlogits = self.bilevel_step(x, y, xv, yv)
             sums[3] += _loss_sum(vlogits, yv); sums[4] += _accuracy(vlogits, yv)
         else: loss, logits = self.one_level_step(x, y)
-        check_finite(loss, f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}")
+        check_finite(loss, f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}", self.divergence_advice())
         sums[0] += _loss_sum(logits, y); sums[1] += _accuracy(logits, y); sums[2] += len(y)
         self.step_in_epoch += 1; self.global_step += 1
         for cb in self.callbacks: getattr(cb, 'on_step_end', lambda s: None)(self)
@@ -320,20 +378,29 @@ def epoch_record(self: Search, stats: dict, seconds: float) -> dict:
     return record
 
 @patch
+def config_record(self: Search) -> dict:
+    "The resolved config as written to config.json (with the space's definition)."
+    return dict(to_jsonable(asdict(self.config)), space_definition=space_to_dict(self.model.space), kind='search')
+
+
+@patch
 def _start(self: Search):
-    "Write the config (refusing to overwrite an earlier run), or with `resume` continue from its checkpoint."
+    "Write the config (refusing to replace an earlier run), or with `resume` continue from its checkpoint."
     c, rd = self.config, self.run_dir
     if not c.out: return
-    config = dict(to_jsonable(asdict(c)), space_definition=space_to_dict(self.model.space), kind='search')
-    state = start_run_dir(rd, c.out, config, c.resume)  # rank 0 writes; under torchrun all ranks get its checkpoint
+    # rank 0 writes; under torchrun all ranks get its checkpoint
+    state = start_run_dir(rd, c.out, self.config_record(), c.resume, c.overwrite, c.override)
     if state is not None:
         self.load_state_dict(state)
+        if c.override: self.apply_hyperparameters()  # a deliberate change on resume, e.g. a lower learning rate
         if rd: rd.truncate_log(self.epoch + 1)  # records are numbered from 1; keep the finished epochs
 
 @patch
 def run(self: Search) -> dict:
     "Search for `config.epochs` epochs (continuing a checkpoint with `resume`); returns the result."
     c, rd = self.config, self.run_dir
+    if c.out and c.resume and RunDir(c.out).state == 'finished':  # nothing left to do
+        return RunDir(c.out).finished_result(self.config_record(), c.override)
     self._start()
     t0 = time.time()
     for cb in self.callbacks: getattr(cb, 'on_search_start', lambda s: None)(self)
@@ -344,6 +411,8 @@ def run(self: Search) -> dict:
         self.epoch += 1; self.step_in_epoch = 0
         record = self.epoch_record(stats, time.time() - start)
         if rd: rd.log(record)
+        # the checkpoint below must hold finite losses and weights: stop before writing a broken one
+        check_finite_epoch(record, self.model.parameters(), f"epoch {self.epoch}", self.divergence_advice())
         for cb in self.callbacks: getattr(cb, 'on_epoch_end', lambda s, r: None)(self, record)
         self.save_checkpoint()
         if any_rank(self.should_stop, self.device): break  # under torchrun all ranks stop together

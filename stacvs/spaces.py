@@ -6,11 +6,12 @@
 from __future__ import annotations
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from .ops import check_op_name
 
 # %% auto #0
-__all__ = ['DARTS_OPS', 'SPACES', 'edge_inputs', 'num_edges', 'SearchSpace', 'space_to_dict', 'space_from_dict', 'register_space',
-           'get_space']
+__all__ = ['DARTS_OPS', 'SPACES', 'edge_inputs', 'num_edges', 'SearchSpace', 'space_to_dict', 'space_from_dict',
+           'space_from_file', 'register_space', 'get_space']
 
 # %% ../nbs/01_spaces.ipynb #15f31a0b
 def edge_inputs(nodes: int = 4) -> list[tuple[int, int]]:
@@ -74,9 +75,38 @@ def space_to_dict(space: SearchSpace) -> dict:
     return dict(name=space.name, nodes=space.nodes, normal=[list(e) for e in space.normal],
                 reduce=[list(e) for e in space.reduce])
 
+def _check_space_dict(d):
+    "Raise a clear error unless `d` has the shape `space_to_dict` writes (op names are checked by `SearchSpace`)."
+    if not isinstance(d, dict): raise ValueError(f"a search space is a JSON object, not a {type(d).__name__}")
+    missing = [k for k in ('name', 'normal', 'reduce') if k not in d]
+    if missing: raise ValueError(f"a search space needs the keys 'name', 'normal' and 'reduce' (and optionally "
+                                 f"'nodes'); {missing} missing")
+    if not isinstance(d['name'], str) or not d['name']: raise ValueError(f"'name' must be a string, got {d['name']!r}")
+    nodes = d.get('nodes', 4)
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
+        raise ValueError(f"'nodes' must be a whole number ≥ 1, got {nodes!r}")
+    for cell_type in ('normal', 'reduce'):
+        edges = d[cell_type]
+        if not (isinstance(edges, (list, tuple)) and all(isinstance(e, (list, tuple)) and
+                                                         all(isinstance(op, str) for op in e) for e in edges)):
+            raise ValueError(f"'{cell_type}' must hold one list of op names per edge, e.g. "
+                             f"[[\"none\", \"sep_conv_3x3\"], ...]; got {str(edges)[:60]}")
+
 def space_from_dict(d: dict) -> SearchSpace:
-    "Rebuild a `SearchSpace` from `space_to_dict` output."
+    "Rebuild a `SearchSpace` from `space_to_dict` output (clear errors for anything else)."
+    _check_space_dict(d)
     return SearchSpace(d['name'], d['normal'], d['reduce'], d.get('nodes', 4))
+
+def space_from_file(path) -> SearchSpace: # a JSON file in `space_to_dict`'s format
+    "The `SearchSpace` a JSON file defines; every error names the file and the problem."
+    path = Path(path)
+    if not path.is_file(): raise ValueError(f"space file {str(path)!r} does not exist" +
+                                            (" (it is a directory)" if path.is_dir() else ""))
+    try: d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"space file {str(path)!r} is not valid JSON: {e}") from None
+    try: return space_from_dict(d)
+    except ValueError as e: raise ValueError(f"space file {str(path)!r}: {e}") from None
 
 # %% ../nbs/01_spaces.ipynb #a196f446
 DARTS_OPS = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect',
@@ -114,10 +144,10 @@ register_space(SearchSpace.uniform('s2', ('skip_connect', 'sep_conv_3x3')))
 register_space(SearchSpace.uniform('s3', ('none', 'skip_connect', 'sep_conv_3x3')))
 register_space(SearchSpace.uniform('s4', ('noise', 'sep_conv_3x3')))
 
-def get_space(space: str | SearchSpace) -> SearchSpace:
-    "A registered space by name (a `SearchSpace` passes through)."
+def get_space(space) -> SearchSpace: # a registered name, a path to a space JSON file, or a `SearchSpace`
+    "A registered space by name, or the space a JSON file defines (a `SearchSpace` passes through)."
     if isinstance(space, SearchSpace): return space
-    if space not in SPACES:
-        raise ValueError(f"unknown search space {space!r}; known spaces: {sorted(SPACES)}. "
-                         f"Build a SearchSpace and pass it to register_space to add one.")
-    return SPACES[space]
+    if space in SPACES: return SPACES[space]
+    if str(space).endswith('.json') or Path(space).is_file(): return space_from_file(space)
+    raise ValueError(f"unknown search space {space!r}; known spaces: {sorted(SPACES)}, or a JSON file in "
+                     "space_to_dict's format. Build a SearchSpace and pass it to register_space to add one.")

@@ -18,13 +18,14 @@ from .networks import NetworkCIFAR, NetworkImageNet, count_parameters, cell_geno
 from .data import train_loaders, get_dataset_info, DatasetInfo
 from .fastconv import prefer_channels_last, retain_freed_memory
 from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress, check_finite,
-                         evaluate)
+                         check_finite_epoch, check_overridable, restart_schedule, evaluate)
+from .reporting import run_reporters
 from .distributed import init_distributed, rank_device, replicate, all_reduce_, batch_share, start_run_dir
 
 # %% auto #0
-__all__ = ['PROTOCOLS', 'SCHEDULES', 'BEST_NOTE', 'check_protocol', 'TrainConfig', 'train_config', 'apply_protocol',
-           'resolve_protocol', 'resolve_genotype', 'genotype_record', 'save_genotype_diagrams', 'build_network',
-           'make_scheduler', 'Trainer', 'train', 'summarize_seeds']
+__all__ = ['PROTOCOLS', 'SCHEDULES', 'TRAIN_OVERRIDABLE', 'BEST_NOTE', 'check_protocol', 'TrainConfig', 'train_config',
+           'apply_protocol', 'resolve_protocol', 'resolve_genotype', 'genotype_record', 'save_genotype_diagrams',
+           'build_network', 'make_scheduler', 'Trainer', 'train', 'summarize_seeds']
 
 # %% ../nbs/09_train.ipynb #58ec38d5
 _BASE = dict(dataset='cifar10', layers=20, channels=36, epochs=600, batch_size=96, lr=0.025, lr_min=0.0,
@@ -47,6 +48,9 @@ def check_protocol(name: str):
         raise ValueError(f"unknown training protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
 
 # %% ../nbs/09_train.ipynb #381f9cfc
+from .data import DATASETS
+from .runs import check_number, check_choice, check_device, check_out_dir
+
 @dataclass
 class TrainConfig:
     "Everything that defines a final-network training run; `None` fields come from the protocol."
@@ -76,25 +80,43 @@ class TrainConfig:
     fraction: float = 1.0 # use this share of the training images (smoke runs)
     max_steps_per_epoch: int | None = None # cap train and test batches per epoch (smoke runs)
     num_workers: int = 0 # DataLoader workers (AutoAugment and ImageNet only)
-    seed: int = 0
-    device: str = 'auto'
+    seed: int = 0 # seeds every random generator
+    device: str = 'auto' # auto (CUDA when available), cpu, cuda or cuda:N
     amp: bool = False # bf16 autocast (CUDA only)
     channels_last: bool | None = None # None: channels-last on CPU for large states (`prefer_channels_last`)
     sync_bn: bool = True # under torchrun: BatchNorm statistics over the global batch (False: per rank)
     out: str | None = None # run directory; None keeps everything in memory
-    resume: bool = False # continue the checkpoint in `out`
+    resume: bool = False # continue the run in `out` from its checkpoint (its saved config; see override)
+    overwrite: bool = False # replace a run that `out` already holds (never without this flag)
+    override: tuple[str, ...] = () # with resume: settings that may differ from the saved run (recorded)
     progress: bool = True # progress bars (shown on terminals and in notebooks)
+    quiet: bool = False # no progress bars and no epoch lines (the final summary still prints)
+    tensorboard: bool = False # TensorBoard event files in OUT/tensorboard (pip install "stacvs[tensorboard]")
 
     def __post_init__(self):
+        # every setting is checked here, before any data or file: messages name the CLI option (`--batch-size`)
         if self.protocol is None: self.protocol = 'imagenet' if self.dataset == 'imagenet' else 'base'
-        check_protocol(self.protocol)
+        check_choice(self.protocol, 'protocol', sorted(PROTOCOLS), 'training protocol')
         for k, v in PROTOCOLS[self.protocol].items():
             if getattr(self, k) is None: setattr(self, k, v)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
-        if self.resume and not self.out:
-            raise ValueError("resume=True needs the run directory to continue: set out (--out)")
-        get_dataset_info(self.dataset); cell_genotypes(self.genotype, self.layers)  # fail now, not after loading data
+        check_choice(self.schedule, 'schedule', SCHEDULES)
+        for name in ('layers', 'channels', 'epochs', 'batch_size'):
+            check_number(getattr(self, name), name, at_least=1, integer=True)
+        check_number(self.lr, 'lr', above=0)
+        for name in ('lr_min', 'weight_decay', 'auxiliary_weight'): check_number(getattr(self, name), name, at_least=0)
+        check_number(self.lr_gamma, 'lr_gamma', above=0, at_most=1)
+        check_number(self.momentum, 'momentum', at_least=0, below=1)
+        check_number(self.grad_clip, 'grad_clip', at_least=0, optional=True)
+        for name in ('drop_path_prob', 'label_smoothing'): check_number(getattr(self, name), name, at_least=0, below=1)
+        check_number(self.fraction, 'fraction', above=0, at_most=1)
+        for name in ('cutout', 'num_workers'): check_number(getattr(self, name), name, at_least=0, integer=True)
+        check_number(self.max_steps_per_epoch, 'max_steps_per_epoch', at_least=1, integer=True, optional=True)
+        check_number(self.seed, 'seed', integer=True)
+        check_choice(self.dataset, 'dataset', list(DATASETS))
+        check_device(self.device)
+        check_out_dir(self.out)
+        if self.resume and not self.out: raise ValueError("--resume needs the run directory to continue: give --out")
+        cell_genotypes(self.genotype, self.layers)  # fail now, not after loading data
 
     @classmethod
     def from_protocol(cls, name: str, **overrides) -> TrainConfig:
@@ -160,10 +182,17 @@ def make_scheduler(optimizer, config: TrainConfig):
     return torch.optim.lr_scheduler.ExponentialLR(optimizer, config.lr_gamma)
 
 # %% ../nbs/09_train.ipynb #ceb1f33f
+TRAIN_OVERRIDABLE = ('epochs', 'lr', 'lr_min', 'lr_gamma', 'momentum', 'weight_decay', 'grad_clip', 'auxiliary_weight',
+                     'drop_path_prob', 'label_smoothing', 'max_steps_per_epoch', 'amp')
+
 class Trainer:
     "Trains a final network from a `TrainConfig`; `run()` does the work."
     def __init__(self, config: TrainConfig, callbacks=(), model: nn.Module | None = None, loaders=None):
-        self.config, self.callbacks = config, list(callbacks)
+        # a run already in `out` is refused before any data is loaded or file written (unless resumed or overwritten)
+        if config.out: RunDir(config.out).check_start(config.resume, config.overwrite)
+        check_overridable(config.override, TRAIN_OVERRIDABLE)
+        # after the caller's callbacks: epoch lines, log.csv and (optionally) TensorBoard (`stacvs.reporting`)
+        self.config, self.callbacks = config, [*callbacks, *run_reporters(config, 'train')]
         c = config
         self.dist = init_distributed()  # a single process unless started by torchrun
         self.device = rank_device(c.device, self.dist)
@@ -230,13 +259,13 @@ def train_epoch(self: Trainer) -> dict:
     self.model.drop_path_prob = c.drop_path_prob * self.epoch / c.epochs
     steps, sums = self._steps(self.train_loader), torch.zeros(3, device=self.device)  # loss · n, correct, n
     batches = progress(itertools.islice(self.train_loader, steps), total=steps, leave=False,
-                       desc=f"epoch {self.epoch + 1}/{c.epochs}", disable=not (c.progress and self.dist.is_main))
+                       desc=f"epoch {self.epoch + 1}/{c.epochs}", disable=c.quiet or not (c.progress and self.dist.is_main))
     for x, y in batches:
         sums += torch.cat([self.train_step(x, y), sums.new_tensor([len(y)])])
         self._callback('on_step_end')
     all_reduce_([sums])  # under torchrun: over the whole global batch
     loss, correct = (sums[:2] / sums[2].clamp(min=1)).tolist()
-    check_finite(loss, f"epoch {self.epoch + 1}")
+    check_finite(loss, f"epoch {self.epoch + 1}", self.divergence_advice())
     return dict(train_loss=loss, train_acc=correct)
 
 # %% ../nbs/09_train.ipynb #bb3ea1e6
@@ -268,6 +297,22 @@ def load_state_dict(self: Trainer, state: dict):
                                                              state['seconds'])
     set_rng_state(state['rng'])
 
+@patch
+def apply_hyperparameters(self: Trainer):
+    "Put the config's optimizer settings and schedule into the loaded optimizer (after a resume with `override`)."
+    c = self.config
+    for group in self.optimizer.param_groups: group.update(momentum=c.momentum, weight_decay=c.weight_decay)
+    self.criterion.label_smoothing = c.label_smoothing
+    if c.schedule == 'cosine': restart_schedule(self.scheduler, c.lr, eta_min=c.lr_min, T_max=max(c.epochs, 1))
+    else: restart_schedule(self.scheduler, c.lr, gamma=c.lr_gamma)
+
+@patch
+def divergence_advice(self: Trainer) -> str:
+    "How to continue a diverged training: its last checkpoint with half the learning rate."
+    lr, out = f"{self.config.lr / 2:g}", self.config.out or 'OUT'
+    return (f"Resume it with a lower learning rate: stacvs train --out {out} --resume --override lr={lr} "
+            f"(Python: resume=True, override=('lr',), lr={lr}).")
+
 # %% ../nbs/09_train.ipynb #de62ca92
 @patch
 def config_record(self: Trainer) -> dict:
@@ -278,19 +323,23 @@ def config_record(self: Trainer) -> dict:
 @patch
 def _start(self: Trainer):
     if not self.config.out: return
-    state = start_run_dir(self.run_dir, self.config.out, self.config_record(), self.config.resume)
+    c = self.config
+    state = start_run_dir(self.run_dir, c.out, self.config_record(), c.resume, c.overwrite, c.override)
     if state is not None:
         self.load_state_dict(state)
+        if c.override: self.apply_hyperparameters()  # a deliberate change on resume, e.g. a lower learning rate
         if self.run_dir: self.run_dir.truncate_log(self.epoch + 1)  # records are numbered from 1; keep those epochs
 
 @patch
 def run(self: Trainer) -> dict:
     "Train for `config.epochs` epochs (continuing a checkpoint with `resume`); returns the result."
     c, rd = self.config, self.run_dir
+    if c.out and c.resume and RunDir(c.out).state == 'finished':  # nothing left to do
+        return RunDir(c.out).finished_result(self.config_record(), c.override)
     self._start()
     session_start = time.time()
     self._callback('on_train_start')
-    for _ in progress(range(self.epoch, c.epochs), desc='train', disable=not (c.progress and self.dist.is_main)):
+    for _ in progress(range(self.epoch, c.epochs), desc='train', disable=c.quiet or not (c.progress and self.dist.is_main)):
         start, lr = time.time(), self.optimizer.param_groups[0]['lr']
         stats = self.train_epoch()
         test = self.evaluate_test()
@@ -300,7 +349,10 @@ def run(self: Trainer) -> dict:
                       test_loss=test['loss'], test_acc=test['acc'], test_acc5=test['acc5'], seconds=seconds)
         if test['acc'] > self.best['test_acc']: self.best = dict(test_acc=test['acc'], epoch=self.epoch)
         self.last_record = record
-        if rd: rd.log(record); rd.save_checkpoint(self.state_dict())
+        if rd: rd.log(record)
+        # the checkpoint must hold finite losses and weights: stop before writing a broken one
+        check_finite_epoch(record, self.model.parameters(), f"epoch {self.epoch}", self.divergence_advice())
+        if rd: rd.save_checkpoint(self.state_dict())
         self._callback('on_epoch_end', record)
     return self.finish(time.time() - session_start)
 

@@ -55,7 +55,7 @@ def test_two_stage_search_killed_in_stage2_resumes_to_the_same_result(tmp_path):
     assert not (tmp_path / 'killed' / 'stage2' / 'result.json').exists()
     resumed = run_method('stacnas', layers=3, stage2_layers=3, out=str(tmp_path / 'killed'), resume=True, **kw)
     assert resumed['genotype'] == full['genotype'] and resumed['stage1_genotype'] == full['stage1_genotype']
-    with pytest.raises(ValueError, match='already holds a finished search'):
+    with pytest.raises(ValueError, match='already holds a finished run'):
         run_method('stacnas', layers=3, stage2_layers=3, out=str(tmp_path / 'killed'), **kw)
 
 
@@ -89,7 +89,7 @@ def test_measured_groups_and_stacvs_with_stage3(tmp_path):
     (['--method', 'darts', '--layers', 'auto'], 'needs a two-stage method'),
     (['--method', 'stacnas', '--alpha-per-cell'], 'not per cell'),
     (['--method', 'stacnas', '--groups', 'conv_9x9'], 'does not offer'),
-    (['--method', 'vsdarts', '--second-order'], 'larc=True with second_order=True is not supported'),
+    (['--method', 'vsdarts', '--second-order'], '--larc with --second-order is not supported'),
     (['--diagnostics', 'variance'], "unknown diagnostics ['variance']"),
 ])
 def test_method_errors(argv, message, capsys, tmp_path):

@@ -102,7 +102,7 @@ def test_start_refuses_to_overwrite_and_resumes_with_checks(tmp_path):
     config = rd.read_config()
     assert config['layers'] == 3 and config['versions']['torch'] == torch.__version__
     rd.log({'epoch': 1}); rd.save_checkpoint({'epoch': 1})
-    with pytest.raises(ValueError, match='already holds a run'):
+    with pytest.raises(ValueError, match='already holds a started run'):
         rd.start({'layers': 3})
     assert rd.start({'layers': 3}, resume=True) == {'epoch': 1}
     with pytest.raises(ValueError, match='differs in layers'):
