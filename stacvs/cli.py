@@ -248,7 +248,8 @@ def cmd_repro(args):
     if args.device: overrides['device'] = args.device
     if args.data_root: overrides['data_root'] = args.data_root
     configure_threads(args.threads, args.device or 'auto')  # OMP_NUM_THREADS reaches the notebooks' kernels
-    summary = run_batch(args.items, args.profile, args.out, overrides, args.notebooks, show_progress=not args.quiet)
+    summary = run_batch(args.items, args.profile, args.out, overrides, args.notebooks, show_progress=not args.quiet,
+                        overwrite=args.overwrite)
     failed = [s for s in summary if s['status'] == 'failed']
     print(f"{len(summary) - len(failed)} item(s) complete or skipped, {len(failed)} failed; report: {args.out}/report.md")
     for f in failed: print(f"  {f['item']}: {f.get('exception') or f['error']}: {str(f['message']).strip()[-300:]}")
@@ -379,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--notebooks', help='directory of the reproduction notebooks (default: $STACVS_REPRO_NOTEBOOKS, '
                    "the copy installed with stacvs, or the checkout's nbs/repro)")
     p.add_argument('--threads', type=int, help=THREADS_HELP)
-    p.add_argument('--quiet', action='store_true', help='no progress bars and no per-item lines (the final summary still prints)')
+    p.add_argument('--quiet', action='store_true',
+                   help='no progress bars and no per-item lines (the final summary still prints)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace item runs in --out that used other parameters (refused otherwise)')
     p.set_defaults(func=cmd_repro)
     for name in ('search', 'train'): sub.choices[name].epilog = ALIAS_NOTE
     return parser

@@ -4,18 +4,18 @@
 
 # %% ../nbs/14_repro.ipynb #2d3b90a9
 from __future__ import annotations
-import csv, json, math, os, time, traceback
+import csv, json, math, os, shutil, time, traceback
 from dataclasses import dataclass
 from pathlib import Path
 import yaml
 from fastcore.basics import patch
 from .paper_values import ITEMS, compare, paper_values
-from .runs import atomic_write_json, atomic_write_text, to_jsonable, versions, resolve_device, progress
+from .runs import RunDir, atomic_write_json, atomic_write_text, to_jsonable, versions, resolve_device, progress
 
 # %% auto #0
 __all__ = ['PROFILES', 'EXTRA_ITEMS', 'repro_items', 'default_notebook_dir', 'notebook_dir', 'check_parameters', 'ReproRun',
-           'profile_parameters', 'run_item', 'write_summary', 'run_batch', 'collect_results', 'report_rows',
-           'plot_paper_vs_measured', 'write_report']
+           'profile_parameters', 'item_parameters', 'check_item_dir', 'run_item', 'write_summary', 'run_batch',
+           'collect_results', 'report_rows', 'plot_paper_vs_measured', 'write_report']
 
 # %% ../nbs/14_repro.ipynb #9b984c2d
 PROFILES = ('smoke', 'quick', 'paper')
@@ -111,6 +111,24 @@ def profile_parameters(item: str, profile: str, notebooks: Path | None = None) -
     path = Path(notebooks or default_notebook_dir()) / 'profiles' / profile / f'{item}.yaml'
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
+def item_parameters(item: str, profile: str, overrides: dict | None = None, notebooks: Path | None = None) -> dict:
+    "The papermill parameters of an item: its profile's, then the overrides, then the profile's name."
+    parameters = {**profile_parameters(item, profile, notebooks), **(overrides or {}), 'profile': profile}
+    if type(parameters.get('seeds')) is int: parameters['seeds'] = [parameters['seeds']]  # --param seeds=0
+    return parameters
+
+def check_item_dir(item_out: Path, # OUT/<item>
+                   parameters: dict, # the parameters about to run there
+                   overwrite: bool = False): # remove a run with other parameters instead of refusing
+    "Refuse to run an item where a run with other parameters started or finished (with `overwrite`, remove that run)."
+    given = item_out / 'parameters.json'
+    saved = json.loads(given.read_text()) if given.exists() else None
+    if RunDir(item_out).state == 'empty' or saved == to_jsonable(parameters): return  # nothing there, or this run
+    if overwrite: shutil.rmtree(item_out); return
+    differ = sorted(k for k in {*(saved or {}), *parameters} if (saved or {}).get(k) != to_jsonable(parameters).get(k))
+    raise ValueError(f"{item_out} holds a {RunDir(item_out).state} run with other parameters ({', '.join(differ)}); "
+                     "pass --overwrite to replace it, or choose another --out")
+
 def _complete(out: Path, parameters: dict) -> bool:
     "Did a run with exactly these papermill parameters finish here?"
     results, given = out / 'results.json', out / 'parameters.json'
@@ -122,7 +140,8 @@ def run_item(item: str, # an item id
              out: str | Path = 'repro-runs', # batch directory; the item runs in OUT/<item>
              overrides: dict | None = None, # parameters beyond the profile (seeds, device, data_root, ...)
              notebooks: str | Path | None = None, # where the notebooks are (default `nbs/repro`)
-             kernel_name: str | None = None) -> dict: # default: 'python3', the running Python's kernel
+             kernel_name: str | None = None, # default: 'python3', the running Python's kernel
+             overwrite: bool = False) -> dict: # replace a run of this item with other parameters
     "Execute one reproduction notebook with papermill; returns its status record (complete, skipped, failed)."
     import papermill
     notebooks = Path(notebooks or default_notebook_dir())
@@ -131,14 +150,11 @@ def run_item(item: str, # an item id
     if not source.exists():  # recorded like a failure, so `run all` reports what it could not run
         return dict(item=item, status='failed', error='FileNotFoundError', exception=None,
                     message=f"no notebook for {item!r} at {source}; pass notebooks= (--notebooks) to find it")
-    item_out = Path(out) / item
-    parameters = {**profile_parameters(item, profile, notebooks), **(overrides or {}), 'profile': profile}
-    if type(parameters.get('seeds')) is int: parameters['seeds'] = [parameters['seeds']]  # --param seeds=0
+    item_out, parameters = Path(out) / item, item_parameters(item, profile, overrides, notebooks)
     if _complete(item_out, parameters): return dict(item=item, status='skipped', reason='complete results.json')
+    check_item_dir(item_out, parameters, overwrite)  # another run's results are never replaced without overwrite
     item_out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(item_out / 'parameters.json', to_jsonable(parameters))
-    if (item_out / 'results.json').exists():  # from other parameters: kept aside, not reported as this run's
-        os.replace(item_out / 'results.json', item_out / 'results.previous.json')
     started = time.time()
     try:
         papermill.execute_notebook(str(source), str(item_out / 'notebook.ipynb'), kernel_name=kernel_name or 'python3',
@@ -167,16 +183,19 @@ def write_summary(out: str | Path, summary: list[dict]) -> Path:
 
 def run_batch(items, # item ids, or ['all']
               profile: str = 'smoke', out: str | Path = 'repro-runs', overrides: dict | None = None,
-              notebooks: str | Path | None = None, show_progress: bool = True) -> list[dict]:
+              notebooks: str | Path | None = None, show_progress: bool = True,
+              overwrite: bool = False) -> list[dict]: # replace items run here with other parameters
     "Run many items (skipping complete ones, isolating failures); writes the batch's summary and the report."
     items = list(repro_items()) if list(items) == ['all'] else list(items)
     unknown = [i for i in items if i not in repro_items()]
     if unknown: raise ValueError(f"unknown reproduction item(s) {unknown}; see `stacvs repro list`")
     notebooks = notebook_dir(notebooks)
+    if not overwrite:  # refuse before the first item runs, not in the middle of the batch
+        for item in items: check_item_dir(Path(out) / item, item_parameters(item, profile, overrides, notebooks))
     from stacvs.reporting import ProgressLines, lines_wanted, item_details
     summary, lines = [], ProgressLines(f"repro {profile}", len(items), enabled=show_progress and lines_wanted())
     for i, item in enumerate(progress(items, desc=f"repro {profile}", disable=not show_progress), 1):
-        summary.append(run_item(item, profile, out, overrides, notebooks))
+        summary.append(run_item(item, profile, out, overrides, notebooks, overwrite=overwrite))
         lines(i, item_details(summary[-1]))  # where no bar is drawn (a file, a pipe): a line per item
     write_summary(out, summary)
     write_report(out)

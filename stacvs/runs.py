@@ -278,7 +278,8 @@ def check_resumable(self: RunDir,
     differ = sorted(k for k in new if k not in ignore and saved.get(k) != new[k])
     refused = [k for k in differ if k not in override]
     if refused:
-        detail = '; '.join(f"{k}: saved {saved.get(k)!r}, now {new[k]!r}" for k in refused)
+        short = lambda v: repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + '...'  # one readable line
+        detail = '; '.join(f"{k}: saved {short(saved.get(k))}, now {short(new[k])}" for k in refused)
         raise ValueError(f"cannot resume {self.path}: the config differs in {', '.join(refused)} ({detail}). Resume "
                          "with the saved settings, name a deliberate change with --override KEY=VALUE, or start a new "
                          "run in another output directory.")

@@ -259,7 +259,8 @@ def train_epoch(self: Trainer) -> dict:
     self.model.drop_path_prob = c.drop_path_prob * self.epoch / c.epochs
     steps, sums = self._steps(self.train_loader), torch.zeros(3, device=self.device)  # loss · n, correct, n
     batches = progress(itertools.islice(self.train_loader, steps), total=steps, leave=False,
-                       desc=f"epoch {self.epoch + 1}/{c.epochs}", disable=c.quiet or not (c.progress and self.dist.is_main))
+                       desc=f"epoch {self.epoch + 1}/{c.epochs}",
+                       disable=c.quiet or not (c.progress and self.dist.is_main))
     for x, y in batches:
         sums += torch.cat([self.train_step(x, y), sums.new_tensor([len(y)])])
         self._callback('on_step_end')
@@ -339,7 +340,8 @@ def run(self: Trainer) -> dict:
     self._start()
     session_start = time.time()
     self._callback('on_train_start')
-    for _ in progress(range(self.epoch, c.epochs), desc='train', disable=c.quiet or not (c.progress and self.dist.is_main)):
+    bars = not c.quiet and c.progress and self.dist.is_main
+    for _ in progress(range(self.epoch, c.epochs), desc='train', disable=not bars):
         start, lr = time.time(), self.optimizer.param_groups[0]['lr']
         stats = self.train_epoch()
         test = self.evaluate_test()

@@ -2,11 +2,12 @@
 
 How a command runs (the rule):
 - with `bash -c`, in one temporary directory shared by the whole README, in README order (so `runs/`, `repro-runs/`,
-  `out.ipynb` land there and a later command finds an earlier one's outputs); `nbs` there links to the checkout's;
-  the Python environment running this test comes first on PATH; OMP_NUM_THREADS=1;
+  `out.ipynb` land there and a later command finds an earlier one's outputs); `nbs` and `examples` there link to the
+  checkout's; the Python environment running this test comes first on PATH; OMP_NUM_THREADS=1;
 - an `&&` chain drops its environment set-up steps (SETUP_STEPS): the test already runs in that environment;
-- tiny settings are appended to a step by its first words (`tiny_arguments`): argparse and papermill's `-p` keep
-  an option's last value, so they win over the README's (8 search epochs become 1 epoch of 2 steps, etc.);
+- tiny settings are appended to a step by its first words, after `nohup` and `stacvs`'s own `--import` (`tiny_arguments`):
+  argparse and papermill's `-p` keep an option's last value, so they win over the README's (8 search epochs become
+  1 epoch of 2 steps, etc.);
 - nothing else in a command is changed.
 Not run: a command written with `...` (a fragment: the options it elides are not there), and every command of
 SKIPPED (needs a dataset other than `digits`, a GPU, Docker, the network, or is the whole suite). A README command
@@ -56,6 +57,8 @@ TINY_BENCH = '--steps 1 --warmup 0 --min-seconds 0 --paths optimized'
 def tiny_arguments(step: str) -> str:
     "Options appended to one step of a README command to keep it small (they win: later options override)."
     words = step.split()
+    if words[:1] == ['nohup']: words = words[1:]
+    while words[1:2] == ['--import']: words = words[:1] + words[3:]  # `stacvs --import MODULE search ...`
     if words[:2] in (['stacvs', 'search'], ['stacvs', 'train']): return TINY_SEARCH
     if words[:3] == ['stacvs', 'repro', 'run']: return '--param ' + ' '.join(f'{k}={v}' for k, v in TINY_REPRO.items())
     if words[:1] == ['papermill']: return ' '.join(f'-p {k} {v}' for k, v in TINY_REPRO.items())
@@ -124,7 +127,7 @@ def test_skipped_commands_are_still_in_the_readme():
 def readme_runs(tmp_path_factory):
     "Run every runnable README command once, in README order, in one directory; command -> completed process."
     cwd = tmp_path_factory.mktemp('readme')
-    (cwd / 'nbs').symlink_to(ROOT / 'nbs')
+    for name in ('nbs', 'examples'): (cwd / name).symlink_to(ROOT / name)
     env = {k: v for k, v in os.environ.items() if k != 'STACVS_REPRO_NOTEBOOKS'}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS='1',
                MPLBACKEND='Agg', PYTHONUNBUFFERED='1')
