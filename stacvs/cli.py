@@ -9,9 +9,9 @@ from pathlib import Path
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['ALIASES', 'ALIAS_NOTE', 'option_choices', 'add_config_arguments', 'config_from_args', 'add_override_argument',
-           'parse_overrides', 'resume_settings', 'cmd_search', 'cmd_train', 'cmd_genotype', 'cmd_bench', 'cmd_repro',
-           'import_plugins', 'build_parser', 'main', 'console_entry']
+__all__ = ['ALIASES', 'ALIAS_NOTE', 'option_choices', 'field_docs', 'add_config_arguments', 'config_from_args',
+           'add_override_argument', 'parse_overrides', 'resume_settings', 'cmd_search', 'cmd_train', 'cmd_genotype',
+           'cmd_bench', 'cmd_repro', 'import_plugins', 'build_parser', 'main', 'console_entry']
 
 # %% ../nbs/15_cli.ipynb #1ffec21c
 def _first_parse(types_):
@@ -58,12 +58,19 @@ def _option_help(name: str, doc: str, choices, default, presets: dict, preset_op
     text = '; '.join(t for t in (doc, f"choices: {', '.join(choices)}" if choices else '') if t)
     return f"{text} ({default_text})".strip().replace('%', '%%')  # argparse formats help with %
 
+def field_docs(config_cls) -> dict:
+    "The documented meaning of every field of a dataclass, inherited fields included (docments reads one class)."
+    docs = {}
+    for cls in reversed([c for c in config_cls.__mro__ if dataclasses.is_dataclass(c)]):
+        docs.update({k: v for k, v in docments(cls).items() if v})
+    return docs
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls, skip=(),
                          only_given: bool = False, # leave options not given out of the namespace (presets fill them)
                          presets: dict | None = None, # {preset name: {field: value}}, shown in each option's help
                          preset_option: str = '--method'): # the option that picks a preset
     "Add one option per field of the dataclass `config_cls`, with its meaning, choices, default and preset values."
-    hints, docs, choices = typing.get_type_hints(config_cls), docments(config_cls), option_choices()
+    hints, docs, choices = typing.get_type_hints(config_cls), field_docs(config_cls), option_choices()
     for f in dataclasses.fields(config_cls):
         if f.name in skip: continue
         flags, hint = ['--' + f.name.replace('_', '-'), *ALIASES.get(f.name, ())], _base_type(hints[f.name])

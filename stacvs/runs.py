@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['RESUME_IGNORED', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'to_jsonable', 'seed_everything',
            'get_rng_state', 'set_rng_state', 'option_name', 'check_number', 'check_choice', 'check_device',
-           'check_out_dir', 'resolve_device', 'versions', 'RunDir', 'restart_schedule', 'check_overridable',
-           'NonFiniteLossError', 'check_finite', 'check_finite_epoch', 'progress', 'evaluate']
+           'check_out_dir', 'resolve_device', 'versions', 'RunDir', 'RunOptions', 'restart_schedule',
+           'check_overridable', 'NonFiniteLossError', 'check_finite', 'check_finite_epoch', 'progress', 'evaluate']
 
 # %% ../nbs/07a_runs.ipynb #16d7ca29
 def _temporary_beside(path: Path) -> tuple[int, Path]:
@@ -329,6 +329,20 @@ def finished_result(self: RunDir, config: dict, override=()) -> dict:
     "The result of the finished run here, after checking that `config` is the config it had (resume of a finished run)."
     self.check_resumable(config, override)
     return self.read_result()
+
+# %% ../nbs/07a_runs.ipynb #b31e2cfc
+@dataclasses.dataclass
+class RunOptions:
+    "Where a run writes and how it treats what is there; how it reports progress. Extended by the run configs."
+    out: str | None = None # run directory; None keeps everything in memory
+    resume: bool = False # continue the run in `out` from its checkpoint (its saved config; see override)
+    overwrite: bool = False # replace a run that `out` already holds (never without this flag)
+    override: tuple[str, ...] = () # with resume: settings that may differ from the saved run (recorded)
+    progress: bool = True # progress bars (shown on terminals and in notebooks)
+    quiet: bool = False # no progress bars and no epoch lines (the final summary still prints)
+    tensorboard: bool = False # TensorBoard event files in OUT/tensorboard (pip install "stacvs[tensorboard]")
+
+assert {f.name for f in dataclasses.fields(RunOptions)} <= RESUME_IGNORED  # none of them changes a result
 
 # %% ../nbs/07a_runs.ipynb #6ece4c95
 def restart_schedule(scheduler, # a loaded torch LR scheduler (cosine, exponential, ...)

@@ -16,7 +16,8 @@ from .larc import LARC
 from .fastconv import prefer_channels_last, retain_freed_memory
 from .genotypes import derive_genotype, genotype_to_dict, save_cell_diagrams
 from .data import search_loaders, get_dataset_info, ForeverIterator
-from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
+from .runs import (RunDir, RunOptions, check_number, check_choice, check_device, check_out_dir,
+                         seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
                          NonFiniteLossError, check_finite, check_finite_epoch, restart_schedule, check_overridable,
                          evaluate)
 from .reporting import run_reporters
@@ -30,13 +31,12 @@ __all__ = ['OPTIMIZATIONS', 'DERIVE_RULES', 'SEARCH_OVERRIDABLE', 'SearchConfig'
 # %% ../nbs/08_search.ipynb #1ee56f03
 from .relaxations import RELAXATIONS
 from .data import DATASETS
-from .runs import check_number, check_choice, check_device, check_out_dir
 
 OPTIMIZATIONS = ('bilevel', 'one-level')
 DERIVE_RULES = ('softmax', 'raw')  # see `derive_genotype`
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RunOptions):
     "Everything that defines a search run; defaults follow DARTS (reference §3)."
     optimization: str = 'bilevel' # 'bilevel' (DARTS: α on a held-out split) or 'one-level' (StacNAS: α and weights on one batch)
     second_order: bool = False # bilevel only: unrolled (second-order) α gradient
@@ -75,13 +75,6 @@ class SearchConfig:
     channels_last: bool | None = None # None: channels-last on CPU for large states (`prefer_channels_last`)
     sync_bn: bool = True # under torchrun: BatchNorm statistics over the global batch (False: per rank, as DARTS's code)
     method: str | None = None # the preset this config was built from (set by run_method; recorded for resume)
-    out: str | None = None # run directory; None keeps everything in memory
-    resume: bool = False # continue the run in `out` from its checkpoint (its saved config; see override)
-    overwrite: bool = False # replace a run that `out` already holds (never without this flag)
-    override: tuple[str, ...] = () # with resume: settings that may differ from the saved run (recorded)
-    progress: bool = True # progress bars (shown on terminals and in notebooks)
-    quiet: bool = False # no progress bars and no epoch lines (the final summary still prints)
-    tensorboard: bool = False # TensorBoard event files in OUT/tensorboard (pip install "stacvs[tensorboard]")
 
     def __post_init__(self):
         # every setting is checked here, before any data or file: messages name the CLI option (`--batch-size`)

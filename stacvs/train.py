@@ -17,7 +17,8 @@ from .genotypes import Genotype, get_genotype, genotype_to_dict, save_cell_diagr
 from .networks import NetworkCIFAR, NetworkImageNet, count_parameters, cell_genotypes, is_per_cell
 from .data import train_loaders, get_dataset_info, DatasetInfo
 from .fastconv import prefer_channels_last, retain_freed_memory
-from .runs import (RunDir, seed_everything, get_rng_state, set_rng_state, to_jsonable, progress, check_finite,
+from .runs import (RunDir, RunOptions, check_number, check_choice, check_device, check_out_dir,
+                         seed_everything, get_rng_state, set_rng_state, to_jsonable, progress, check_finite,
                          check_finite_epoch, check_overridable, restart_schedule, evaluate)
 from .reporting import run_reporters
 from .distributed import init_distributed, rank_device, replicate, all_reduce_, batch_share, start_run_dir
@@ -49,10 +50,9 @@ def check_protocol(name: str):
 
 # %% ../nbs/09_train.ipynb #381f9cfc
 from .data import DATASETS
-from .runs import check_number, check_choice, check_device, check_out_dir
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     "Everything that defines a final-network training run; `None` fields come from the protocol."
     genotype: str = 'DARTS_V2' # a published name, a genotype JSON, a search's result.json, a Genotype, or one per cell
     dataset: str | None = None # cifar10, cifar100, svhn, imagenet, digits, ... (None: the protocol's)
@@ -85,13 +85,6 @@ class TrainConfig:
     amp: bool = False # bf16 autocast (CUDA only)
     channels_last: bool | None = None # None: channels-last on CPU for large states (`prefer_channels_last`)
     sync_bn: bool = True # under torchrun: BatchNorm statistics over the global batch (False: per rank)
-    out: str | None = None # run directory; None keeps everything in memory
-    resume: bool = False # continue the run in `out` from its checkpoint (its saved config; see override)
-    overwrite: bool = False # replace a run that `out` already holds (never without this flag)
-    override: tuple[str, ...] = () # with resume: settings that may differ from the saved run (recorded)
-    progress: bool = True # progress bars (shown on terminals and in notebooks)
-    quiet: bool = False # no progress bars and no epoch lines (the final summary still prints)
-    tensorboard: bool = False # TensorBoard event files in OUT/tensorboard (pip install "stacvs[tensorboard]")
 
     def __post_init__(self):
         # every setting is checked here, before any data or file: messages name the CLI option (`--batch-size`)
