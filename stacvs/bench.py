@@ -97,8 +97,7 @@ def time_search_steps(case: BenchCase, steps: int = 5, warmup: int = 1,
         while i < warmup + steps or (sum(times) < min_seconds and len(times) < 200):
             x, y = next(it, None) or next(it := iter(search.train_loader))
             sync(); t = time.perf_counter()
-            if config.bilevel: search.bilevel_step(x, y, *next(valid))
-            else: search.one_level_step(x, y)
+            search.step(x, y, *(next(valid) if search.rule.needs_valid else ()))
             sync()
             if i >= warmup: times.append(time.perf_counter() - t)
             i += 1

@@ -43,10 +43,13 @@ def option_choices() -> dict:
     "The values of the options that take a name, read from the registries (so registered additions show up)."
     from stacvs.spaces import SPACES
     from stacvs.relaxations import RELAXATIONS
+    from stacvs.methods import METHOD_PRESETS
+    from stacvs.diagnostics import DIAGNOSTICS
     from stacvs.data import DATASETS
     from stacvs.search import OPTIMIZATIONS, DERIVE_RULES
     from stacvs.train import PROTOCOLS, SCHEDULES
-    return dict(space=SPACES, dataset=DATASETS, relaxation=RELAXATIONS, derive=DERIVE_RULES,
+    return dict(space=SPACES.names(), relaxation=RELAXATIONS.names(), method=METHOD_PRESETS.names(),
+                diagnostics=DIAGNOSTICS.names(), dataset=list(DATASETS), derive=DERIVE_RULES,
                 optimization=OPTIMIZATIONS, protocol=PROTOCOLS, schedule=SCHEDULES)
 
 def _option_help(name: str, doc: str, choices, default, presets: dict, preset_option: str) -> str:
@@ -249,11 +252,17 @@ def cmd_repro(args):
         out = Path(args.items[0] if args.items else args.out)
         if not out.is_dir(): raise ValueError(f"no batch directory {out}: give the --out of a `stacvs repro run`")
         path = write_report(out); print(f"report: {path}"); return path
-    if not args.items: raise ValueError("stacvs repro run needs item ids (see `stacvs repro list`) or `all`")
     overrides = {k: _parse_value(v) for k, v in (p.split('=', 1) for p in args.param or [])}
     if args.seeds: overrides['seeds'] = args.seeds
     if args.device: overrides['device'] = args.device
     if args.data_root: overrides['data_root'] = args.data_root
+    if args.action == 'params':  # `stacvs repro params ITEM --profile P > p.yaml`, for `papermill ... -f p.yaml`
+        import yaml
+        from stacvs.repro import item_parameters
+        if len(args.items) != 1: raise ValueError(f"`repro params` takes one item id (see `stacvs repro list`), got {args.items}")
+        params = item_parameters(args.items[0], args.profile, overrides, args.notebooks)
+        print(yaml.safe_dump(params, sort_keys=False), end=''); return params
+    if not args.items: raise ValueError("stacvs repro run needs item ids (see `stacvs repro list`) or `all`")
     configure_threads(args.threads, args.device or 'auto')  # OMP_NUM_THREADS reaches the notebooks' kernels
     summary = run_batch(args.items, args.profile, args.out, overrides, args.notebooks, show_progress=not args.quiet,
                         overwrite=args.overwrite)
@@ -325,20 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     from stacvs.train import TrainConfig, PROTOCOLS
     from stacvs.methods import METHOD_PRESETS, TwoStageConfig
     from stacvs.reporting import THREADS_HELP
+    choices = option_choices()
     parser = _Parser(prog='stacvs', description="Stable differentiable NAS: DARTS, StacNAS, VS-DARTS.")
     parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
                         help='import this module first (a name on the Python path or in the current directory, or a '
                              '.py file), so the ops, spaces and relaxations it registers are known; repeatable')
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('search', help='run an architecture search', description='Run an architecture search.')
-    p.add_argument('--method', choices=sorted(METHOD_PRESETS), default=argparse.SUPPRESS,
-                   help='darts, stacnas (two stages, one-level), vsdarts, or stacvs (both papers) (default: darts)')
+    p.add_argument('--method', choices=choices['method'], default=argparse.SUPPRESS,
+                   help=f"a method preset: {', '.join(choices['method'])} (default: darts)")
     add_config_arguments(p, SearchConfig, skip={'method', 'override'}, only_given=True, presets=METHOD_PRESETS)
     add_override_argument(p)
     add_config_arguments(p.add_argument_group('two-stage methods (stacnas, stacvs)'), TwoStageConfig, only_given=True)
     g = p.add_argument_group('diagnostics (VS-DARTS figures; written to diagnostics/ in each run directory)')
     g.add_argument('--diagnostics', nargs='+', default=argparse.SUPPRESS, metavar='NAME',
-                   help='node_variance none_weight grad_norm edge_statistics hessian pt_selection')
+                   help=' '.join(choices['diagnostics']))
     g.add_argument('--early-stop-ratio', type=float, default=argparse.SUPPRESS,
                    help='DARTS-ES: stop when λ_max(epoch − 5) / λ_max(epoch) falls below this (RobustDARTS: 0.75)')
     p.add_argument('--threads', type=int, help=THREADS_HELP)
@@ -374,9 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser('repro', help="reproduce the papers' tables and figures",
                        description="Run the reproduction notebooks (papermill) and write the report.")
-    p.add_argument('action', choices=['list', 'run', 'report'])
+    p.add_argument('action', choices=['list', 'run', 'report', 'params'])
     p.add_argument('items', nargs='*', metavar='ITEM|DIR',
-                   help="run: item ids (see `list`), or `all`; report: the batch directory (default: --out)")
+                   help="run: item ids (see `list`), or `all`; report: the batch directory (default: --out); "
+                        "params: one item id (its profile's parameters as YAML, for papermill -f)")
     p.add_argument('--profile', choices=['smoke', 'quick', 'paper'], default='smoke',
                    help='smoke: CPU minutes; quick: one GPU, under an hour; paper: the published protocol')
     p.add_argument('--out', default='repro-runs', help='batch directory (default: repro-runs)')

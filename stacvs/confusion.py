@@ -12,30 +12,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .data import ArrayLoader, ForeverIterator
 from .runs import check_finite, progress, seed_everything
+from .evaluation import logits_of, preserved
 
 # %% auto #0
-__all__ = ['PAPER_TABLE1', 'default_parameters', 'preserved_state', 'batch_gradients', 'confusion_from_gradients',
-           'gradient_confusion', 'random_batches', 'confusion_statistic', 'train_briefly', 'closest_depth',
-           'match_search_depth', 'plot_confusion_table']
+__all__ = ['PAPER_TABLE1', 'default_parameters', 'batch_gradients', 'confusion_from_gradients', 'gradient_confusion',
+           'random_batches', 'confusion_statistic', 'train_briefly', 'closest_depth', 'match_search_depth',
+           'plot_confusion_table']
 
 # %% ../nbs/11_confusion.ipynb #741987ea
 def default_parameters(model: nn.Module) -> list[nn.Parameter]:
     "The weights ζ is measured on: `model.weights()` when it exists (α excluded), else all trainable parameters."
     if callable(getattr(model, 'weights', None)): return list(model.weights())
     return [p for p in model.parameters() if p.requires_grad]
-
-def _logits(output): return output[0] if isinstance(output, (tuple, list)) else output
-
-@contextmanager
-def preserved_state(model: nn.Module, train_mode: bool = True):
-    "Run a block with `model` in train (or eval) mode, then restore its mode and every buffer (BN running stats)."
-    was_training, saved = model.training, [(b, b.detach().clone()) for b in model.buffers()]
-    model.train(train_mode)
-    try: yield model
-    finally:
-        with torch.no_grad():
-            for b, value in saved: b.copy_(value)
-        model.train(was_training)
 
 # %% ../nbs/11_confusion.ipynb #56c97e75
 def batch_gradients(model: nn.Module, # the network
@@ -47,7 +35,7 @@ def batch_gradients(model: nn.Module, # the network
     device = params[0].device
     rows = []
     for x, y in batches:
-        loss = loss_fn(_logits(model(x.to(device))), y.to(device))
+        loss = loss_fn(logits_of(model(x.to(device))), y.to(device))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
                                for g, p in zip(grads, params)]))
@@ -76,7 +64,7 @@ def gradient_confusion(model: nn.Module, # the network (a Supernet, a NetworkCIF
     "ζ over the given mini-batches; the model's grads, buffers and mode are left as they were."
     batches = list(batches)
     if len(batches) < 2: raise ValueError(f"gradient confusion needs at least 2 mini-batches, got {len(batches)}")
-    with preserved_state(model, train_mode):
+    with preserved(model, train_mode):
         return confusion_from_gradients(batch_gradients(model, loss_fn, batches, params), normalize)
 
 # %% ../nbs/11_confusion.ipynb #55952c47
@@ -129,7 +117,7 @@ def train_briefly(model: nn.Module, # the network; α (if any) is left untouched
     batches, losses = ForeverIterator(loader), []
     for step in range(steps):
         x, y = next(batches)
-        loss = loss_fn(_logits(model(x.to(device))), y.to(device))
+        loss = loss_fn(logits_of(model(x.to(device))), y.to(device))
         check_finite(loss, f"brief training step {step}")
         for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)): p.grad = g
         nn.utils.clip_grad_norm_(params, grad_clip)
@@ -159,7 +147,7 @@ PAPER_TABLE1 = ( # StacNAS Table 1: ζ̄ (appendix D: mean ζ over 10 draws / M)
     dict(setting='Search_stage2_20cell', role='search', stage=2, layers=20, gradient_confusion=0.52),
 )
 
-# %% ../nbs/11_confusion.ipynb #55895d03
+# %% ../nbs/11_confusion.ipynb #4a8f5b83
 def _measure(build, role, loader, loader_state, train_steps, device, loss_fn, **stat_kw) -> dict:
     "Build one network from the seed, train it briefly, and measure its confusion statistic."
     seed_everything(stat_kw['seed'])
@@ -172,7 +160,6 @@ def _measure(build, role, loader, loader_state, train_steps, device, loss_fn, **
     return dict(role=role, layers=layers if layers is not None else len(getattr(model, 'cells', ())),
                 params=stat['params'], zeta_mean=stat['zeta_mean'], zeta_per_param=stat['zeta_per_param'])
 
-# %% ../nbs/11_confusion.ipynb #4a8f5b83
 def match_search_depth(search_model_fn, # depth -> a search network (e.g. a Supernet with that many cells)
                        final_model_fn, # () -> the final network (e.g. a 20-cell NetworkCIFAR)
                        depths, # candidate search depths (cells)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_diagnostics.ipynb #361c8a6e
 from __future__ import annotations
-import importlib, itertools, json, warnings
+import itertools, json, warnings
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -16,14 +16,15 @@ from matplotlib.figure import Figure
 from .cells import CELL_TYPES
 from .spaces import edge_inputs
 from .runs import atomic_write_json, to_jsonable
+from .evaluation import logits_of, preserved
+from .registry import Registry
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DIAGNOSTICS', 'DIAGNOSTIC_MODULES', 'suspended_recording', 'Instrument', 'StepHooks', 'NodeVariance',
-           'plot_node_variance', 'selection_weights', 'NoneWeight', 'plot_none_weight', 'SepConvGradNorm',
-           'plot_grad_norm', 'EdgeStatistics', 'plot_edge_statistics', 'preserved', 'evaluation_batches',
-           'supernet_accuracy', 'power_iteration', 'hessian_eigenvalue', 'HessianEigenvalue', 'plot_hessian_eigenvalue',
-           'diagnostics_registry', 'check_diagnostics', 'DiagnosticPlots', 'make_diagnostics']
+__all__ = ['DIAGNOSTICS', 'suspended_recording', 'Instrument', 'StepHooks', 'NodeVariance', 'plot_node_variance',
+           'selection_weights', 'NoneWeight', 'plot_none_weight', 'SepConvGradNorm', 'plot_grad_norm', 'EdgeStatistics',
+           'plot_edge_statistics', 'evaluation_batches', 'supernet_accuracy', 'power_iteration', 'hessian_eigenvalue',
+           'HessianEigenvalue', 'plot_hessian_eigenvalue', 'check_diagnostics', 'DiagnosticPlots', 'make_diagnostics']
 
 # %% ../nbs/13_diagnostics.ipynb #13b8bbee
 _RECORDING = {'suspended': 0}
@@ -64,7 +65,7 @@ class Instrument:
                  if r.get('epoch') not in ours and r.get('epoch', 0) <= epoch]
         self.history = sorted(saved + self.history, key=lambda r: r.get('epoch', 0))
 
-    def on_search_end(self, search, result): self.write(search)
+    def on_end(self, search, result): self.write(search)
 
 def _records(history) -> list[dict]:
     "The per-epoch records of a history list, an instrument, or its written JSON dict."
@@ -92,9 +93,9 @@ class StepHooks(Instrument):
         for h in self._handles: h.remove()
         self._handles = []
 
-    def on_search_start(self, search): self._reset(search); self._sync_hooks(search)
+    def on_start(self, search): self._reset(search); self._sync_hooks(search)
     def on_step_end(self, search): self._sync_hooks(search)
-    def on_search_end(self, search, result): self.remove_hooks(); self.write(search)
+    def on_end(self, search, result): self.remove_hooks(); self.write(search)
 
 def _mean_or_none(sums: torch.Tensor, counts: torch.Tensor) -> list:
     "sums / counts as nested lists, None where nothing was counted."
@@ -165,7 +166,7 @@ def _node_means(weights: torch.Tensor, edges, nodes: int, op: str) -> list:
 class NoneWeight(Instrument):
     "β of `none` averaged over each node's incoming edges, per cell type, per epoch (VS-DARTS Fig. 4)."
     name = 'none_weight'
-    def on_search_start(self, search):
+    def on_start(self, search):
         space = search.model.space
         self.active = any('none' in ops for t in CELL_TYPES for ops in space.edges(t))
         if not self.active:
@@ -213,7 +214,7 @@ class SepConvGradNorm(Instrument):
         super().__init__()
         self.op, self.before_optimizer, self._handle = op, before_optimizer, None
 
-    def on_search_start(self, search):
+    def on_start(self, search):
         m = search.model
         self._modules = {t: {} for t in CELL_TYPES}  # cell type -> edge -> [the op's module in every cell]
         for cell in m.cells:
@@ -248,7 +249,7 @@ class SepConvGradNorm(Instrument):
         self.history.append(dict(epoch=record['epoch'], grad_norm=norms))
         self._reset(search); self.write(search)
 
-    def on_search_end(self, search, result):
+    def on_end(self, search, result):
         if self._handle is not None: self._handle.remove(); self._handle = None
         self.write(search)
 
@@ -345,27 +346,6 @@ def plot_edge_statistics(history) -> Figure: # `EdgeStatistics.history`, the ins
     return fig
 
 # %% ../nbs/13_diagnostics.ipynb #c0a3a2f6
-def _device(model: nn.Module) -> torch.device: return next(model.parameters()).device
-
-def _cuda_ids(device: torch.device) -> list[int]:
-    "The CUDA device ids whose generator a block on `device` may draw from."
-    if device.type != 'cuda': return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
-
-@contextmanager
-def preserved(model: nn.Module, seed: int = 0): # seeds the generators inside the block
-    "Run a block on `model` and restore its buffers, train/eval flags and the random generators afterwards."
-    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
-    modes = {m: m.training for m in model.modules()}
-    device = _device(model)
-    with torch.random.fork_rng(devices=_cuda_ids(device)), suspended_recording():
-        torch.manual_seed(seed)
-        try: yield model
-        finally:
-            with torch.no_grad():
-                for k, v in model.named_buffers(): v.copy_(buffers[k])
-            for m, training in modes.items(): m.train(training)
-
 def evaluation_batches(loader, # a loader of (x, y) batches (an `ArrayLoader`'s `eval_loader` is used if it has one)
                        max_batches: int | None = 4, # at most this many batches (None: all)
                        device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -376,14 +356,11 @@ def evaluation_batches(loader, # a loader of (x, y) batches (an `ArrayLoader`'s 
     if not batches: raise ValueError("the loader gave no batches; pass a non-empty loader")
     return batches
 
-def _logits(out): return out[0] if isinstance(out, tuple) else out
-
 @torch.no_grad()
 def supernet_accuracy(model: nn.Module, batches, seed: int = 0) -> float:
     "Accuracy on `batches` without gradients, BatchNorm in train mode (DARTS-PT, reference §7); `model` left as it was."
-    with preserved(model, seed):
-        model.train()
-        correct = sum((_logits(model(x)).argmax(1) == y).sum() for x, y in batches)
+    with preserved(model, train_mode=True, seed=seed), suspended_recording():
+        correct = sum((logits_of(model(x)).argmax(1) == y).sum() for x, y in batches)
         return (correct / sum(len(y) for _, y in batches)).item()
 
 # %% ../nbs/13_diagnostics.ipynb #5833ef9e
@@ -408,9 +385,8 @@ def hessian_eigenvalue(model: nn.Module, # a `Supernet`
                        batches, # (x, y) batches; the loss is their mean cross-entropy
                        iterations: int = 20, tol: float = 1e-4, seed: int = 0) -> float:
     "Dominant eigenvalue of ∇²_α L(batches), BatchNorm in train mode; `model` left as it was."
-    with preserved(model, seed):
-        model.train()
-        loss = sum(F.cross_entropy(_logits(model(x)).float(), y) for x, y in batches) / len(batches)
+    with preserved(model, train_mode=True, seed=seed), suspended_recording():
+        loss = sum(F.cross_entropy(logits_of(model(x)).float(), y) for x, y in batches) / len(batches)
         grads = torch.autograd.grad(loss, model.alphas(), create_graph=True, allow_unused=True)
         # an α the loss never reads (no cell of its type) adds zero rows to H: leave it out
         alphas = [a for a, g in zip(model.alphas(), grads) if g is not None]
@@ -493,22 +469,25 @@ def plot_hessian_eigenvalue(history) -> Figure: # `HessianEigenvalue.history`, t
     return fig
 
 # %% ../nbs/13_diagnostics.ipynb #43c60278
-DIAGNOSTICS = dict(node_variance=(NodeVariance, plot_node_variance), none_weight=(NoneWeight, plot_none_weight),
-                   grad_norm=(SepConvGradNorm, plot_grad_norm), edge_statistics=(EdgeStatistics, plot_edge_statistics),
-                   hessian=(HessianEigenvalue, plot_hessian_eigenvalue))
-DIAGNOSTIC_MODULES = ['stacvs.discretization']  # modules that register more diagnostics when imported
+DIAGNOSTICS = Registry('diagnostic', "`DIAGNOSTICS.register({name!r}, (InstrumentClass, plot_function_or_None))`")
+DIAGNOSTICS.register('node_variance', (NodeVariance, plot_node_variance))
+DIAGNOSTICS.register('none_weight', (NoneWeight, plot_none_weight))
+DIAGNOSTICS.register('grad_norm', (SepConvGradNorm, plot_grad_norm))
+DIAGNOSTICS.register('edge_statistics', (EdgeStatistics, plot_edge_statistics))
+DIAGNOSTICS.register('hessian', (HessianEigenvalue, plot_hessian_eigenvalue))
 
-def diagnostics_registry() -> dict:
-    "Every diagnostic by name: `DIAGNOSTICS` once the modules of `DIAGNOSTIC_MODULES` have registered theirs."
-    for module in DIAGNOSTIC_MODULES: importlib.import_module(module)
-    return DIAGNOSTICS
+def _pt_selection(**kw):
+    "DARTS-PT's `PTSelection`; its module builds on this one, so it is imported when the instrument is made."
+    from stacvs.discretization import PTSelection
+    return PTSelection(**kw)
+DIAGNOSTICS.register('pt_selection', (_pt_selection, None))
 
-def check_diagnostics(names, # instrument names (keys of the registry)
+def check_diagnostics(names, # instrument names (keys of `DIAGNOSTICS`)
                       early_stop_ratio: float | None = None) -> list[str]: # DARTS-ES stop ratio for 'hessian'
     "The names, validated (known, and 'hessian' present for DARTS-ES), without building any instrument."
-    registry = diagnostics_registry()
-    unknown = sorted(set(names) - set(registry))
-    if unknown: raise ValueError(f"unknown diagnostics {unknown}; choose from {sorted(registry)}")
+    unknown = sorted(set(names) - set(DIAGNOSTICS))
+    if unknown: raise ValueError(f"unknown diagnostics {unknown}; choose from {DIAGNOSTICS.names()}, or register one "
+                                 f"with {DIAGNOSTICS.how.format(name=unknown[0])}")
     if early_stop_ratio is not None and 'hessian' not in names:
         raise ValueError("early_stop_ratio (DARTS-ES) needs the 'hessian' diagnostic")
     return list(names)
@@ -516,7 +495,7 @@ def check_diagnostics(names, # instrument names (keys of the registry)
 class DiagnosticPlots:
     "Writes `diagnostics/<name>.png` for each instrument when the search ends (after the instruments' own end)."
     def __init__(self, instruments): self.instruments = list(instruments)
-    def on_search_end(self, search, result):
+    def on_end(self, search, result):
         if search.run_dir is None: return
         for inst in self.instruments:
             plot = next((plot for cls, plot in DIAGNOSTICS.values() if type(inst) is cls), None)

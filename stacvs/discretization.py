@@ -15,9 +15,9 @@ from matplotlib.figure import Figure
 from .cells import CELL_TYPES
 from .spaces import edge_inputs
 from .genotypes import Genotype, make_genotype, genotype_to_dict
-from .diagnostics import (DIAGNOSTICS, Instrument, suspended_recording, selection_weights, evaluation_batches,
+from .diagnostics import (Instrument, suspended_recording, selection_weights, evaluation_batches,
                                 supernet_accuracy)
-from .diagnostics import _device, _cuda_ids, _logits  # the evaluation helpers both modules share
+from .evaluation import logits_of, model_device, seeded
 
 # %% auto #0
 __all__ = ['without_op', 'only_op', 'without_edge', 'edited_mixing_weights', 'pt_proxy_strength', 'discretization_accuracy',
@@ -70,7 +70,7 @@ def pt_proxy_strength(model: nn.Module, # a `Supernet`
                       cell_type: str = 'normal', edge: int = 0,
                       max_batches: int | None = 4, seed: int = 0) -> dict:
     "Accuracy of the supernet with each op of an edge removed, and the drop from the intact supernet."
-    batches = evaluation_batches(loader, max_batches, _device(model))
+    batches = evaluation_batches(loader, max_batches, model_device(model))
     ops = list(model.space.edges(cell_type)[edge])
     base = supernet_accuracy(model, batches, seed)
     accs = []
@@ -90,10 +90,10 @@ def _finetune(model, train_loader, steps, lr, momentum, weight_decay, grad_clip)
     for a in model.alphas(): a.requires_grad_(False)
     opt = torch.optim.SGD(model.weights(), lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
-    device = _device(model)
+    device = model_device(model)
     for x, y in itertools.islice(_cycle(train_loader), steps):
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(_logits(model(x.to(device))), y.to(device)).backward()
+        F.cross_entropy(logits_of(model(x.to(device))), y.to(device)).backward()
         nn.utils.clip_grad_norm_(model.weights(), grad_clip)
         opt.step()
 
@@ -115,10 +115,9 @@ def discretization_accuracy(search_or_model, # a `Search` (its model, train load
     with suspended_recording():
         model = copy.deepcopy(model)
         with edited_mixing_weights(model, {(cell_type, edge): only_op(i)}):
-            with torch.random.fork_rng(devices=_cuda_ids(_device(model))):
-                torch.manual_seed(seed)
+            with seeded(seed, model_device(model)):
                 if finetune_steps: _finetune(model, train_loader, finetune_steps, lr, momentum, weight_decay, grad_clip)
-            return supernet_accuracy(model, evaluation_batches(loader, max_batches, _device(model)), seed)
+            return supernet_accuracy(model, evaluation_batches(loader, max_batches, model_device(model)), seed)
 
 # %% ../nbs/13a_discretization.ipynb #ff6e623c
 def edge_betas(model: nn.Module, cell_type: str = 'normal', edge: int = 0) -> list[float]:
@@ -188,7 +187,7 @@ def pt_select_genotype(model: nn.Module, # a trained `Supernet`
                        tune_fn=None, # optional tune_fn(model), called after each op decision
                        seed: int = 0) -> Genotype:
     "The genotype DARTS-PT's perturbation-based selection derives from a supernet."
-    space, batches = model.space, evaluation_batches(loader, max_batches, _device(model))
+    space, batches = model.space, evaluation_batches(loader, max_batches, model_device(model))
     edits, chosen, pairs = {}, {}, {}
     for t in CELL_TYPES:  # 1. one op per edge
         for e, ops in enumerate(space.edges(t)):
@@ -211,11 +210,9 @@ class PTSelection(Instrument):
     name = 'pt_selection'
     def __init__(self, max_batches: int | None = 4): # batches per accuracy evaluation
         super().__init__(); self.max_batches = max_batches
-    def on_search_end(self, search, result):
+    def on_end(self, search, result):
         loader = search.valid_loader or search.train_loader
         genotype = pt_select_genotype(search.model, loader, self.max_batches, seed=search.config.seed)
         result['genotype_pt'] = genotype_to_dict(genotype)
         self.history = [dict(epoch=search.epoch, genotype=result['genotype_pt'])]
         self.write(search)
-
-DIAGNOSTICS['pt_selection'] = (PTSelection, None)  # by name: make_diagnostics, the CLI's --diagnostics

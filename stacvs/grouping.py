@@ -98,31 +98,6 @@ def _chosen_ops(model, edges, ops) -> tuple[str, ...]:
     return ops
 
 # %% ../nbs/10_grouping.ipynb #8b215548
-@torch.no_grad()
-def edge_correlations(model: nn.Module, # a `Supernet` (ideally trained with all ops)
-                      loader, # yields (images, labels)
-                      edges=None, # (cell_index, edge_index) pairs; default every edge of every cell
-                      max_samples: int = 10000, # stop after this many images (appendix B: 10,000)
-                      ops=None, # op names to correlate; default all on the edges but none/skip_connect/noise
-                      device=None, # where to run; default the model's device
-                      centering: str = 'position', # see `CorrelationAccumulator`
-                      train_mode: bool = False): # BN with batch statistics instead of running ones
-    "Per-edge operator correlation matrices: ({(cell, edge): (k, k) array}, op_names)."
-    edges = _chosen_edges(model, edges)
-    op_names = _chosen_ops(model, edges, ops)
-    recorders, handles = {}, []
-    for c, e in edges:
-        mixed = model.cells[c].edges[e]
-        slots = [mixed.op_names.index(op) for op in op_names if op in mixed.op_names]
-        if len(slots) < 2: continue
-        recorders[(c, e)] = _EdgeRecorder(slots, centering)
-        handles += [mixed._ops[s].register_forward_hook(recorders[(c, e)].hook(s)) for s in slots]
-    if not recorders: raise ValueError(f"no chosen edge holds two of the ops {op_names}; choose other edges or ops")
-    _run_images(model, loader, max_samples, device, train_mode, handles)
-    return {key: _embed(rec, model.cells[key[0]].edges[key[1]].op_names, op_names)
-            for key, rec in recorders.items()}, op_names
-
-# %% ../nbs/10_grouping.ipynb #88337afc
 def _run_images(model, loader, max_samples, device, train_mode, handles):
     "Forward at most `max_samples` images of `loader` through `model`, then remove `handles`."
     if max_samples < 1: raise ValueError(f"max_samples must be at least 1, got {max_samples}")
@@ -146,6 +121,30 @@ def _embed(recorder, edge_ops, op_names) -> np.ndarray:
     full = np.full((len(op_names), len(op_names)), np.nan)
     full[np.ix_(index, index)] = recorder.accumulator.correlation()
     return full
+
+@torch.no_grad()
+def edge_correlations(model: nn.Module, # a `Supernet` (ideally trained with all ops)
+                      loader, # yields (images, labels)
+                      edges=None, # (cell_index, edge_index) pairs; default every edge of every cell
+                      max_samples: int = 10000, # stop after this many images (appendix B: 10,000)
+                      ops=None, # op names to correlate; default all on the edges but none/skip_connect/noise
+                      device=None, # where to run; default the model's device
+                      centering: str = 'position', # see `CorrelationAccumulator`
+                      train_mode: bool = False): # BN with batch statistics instead of running ones
+    "Per-edge operator correlation matrices: ({(cell, edge): (k, k) array}, op_names)."
+    edges = _chosen_edges(model, edges)
+    op_names = _chosen_ops(model, edges, ops)
+    recorders, handles = {}, []
+    for c, e in edges:
+        mixed = model.cells[c].edges[e]
+        slots = [mixed.op_names.index(op) for op in op_names if op in mixed.op_names]
+        if len(slots) < 2: continue
+        recorders[(c, e)] = _EdgeRecorder(slots, centering)
+        handles += [mixed._ops[s].register_forward_hook(recorders[(c, e)].hook(s)) for s in slots]
+    if not recorders: raise ValueError(f"no chosen edge holds two of the ops {op_names}; choose other edges or ops")
+    _run_images(model, loader, max_samples, device, train_mode, handles)
+    return {key: _embed(rec, model.cells[key[0]].edges[key[1]].op_names, op_names)
+            for key, rec in recorders.items()}, op_names
 
 # %% ../nbs/10_grouping.ipynb #d9d3364d
 def average_correlation(per_edge: dict) -> np.ndarray:

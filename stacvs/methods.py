@@ -4,13 +4,14 @@
 
 # %% ../nbs/12_methods.ipynb #37337b94
 from __future__ import annotations
-import hashlib, json
+import json
 from dataclasses import dataclass, fields, replace, asdict
 from pathlib import Path
 import numpy as np
 import matplotlib.pyplot as plt
 import torch
-from .spaces import SearchSpace, get_space, register_space, space_to_dict, SPACES
+from .registry import Registry
+from .spaces import SearchSpace, get_space, space_to_dict
 from .cells import Supernet
 from .data import get_dataset_info, search_loaders
 from .networks import NetworkCIFAR
@@ -22,24 +23,40 @@ from .grouping import (DARTS_GROUPS, PAPER_TABLE6, group_representative, operato
 from .confusion import match_search_depth, plot_confusion_table
 
 # %% auto #0
-__all__ = ['METHOD_PRESETS', 'TWO_STAGE_METHODS', 'TwoStageConfig', 'method_config', 'register_stage_space', 'parse_groups',
+__all__ = ['METHOD_PRESETS', 'PIPELINES', 'register_method', 'method_pipeline', 'TwoStageConfig', 'method_config', 'parse_groups',
            'paper_groups', 'measure_groups', 'save_paper_heatmap', 'resolve_groups', 'choose_depth', 'run_stage',
            'choose_representatives', 'stage_alphas', 'stage3_space', 'run_two_stage', 'run_method']
 
 # %% ../nbs/12_methods.ipynb #f57432d2
-METHOD_PRESETS: dict[str, dict] = {
-    # DARTS (reference §3): the SearchConfig defaults
-    'darts': dict(optimization='bilevel'),
-    # StacNAS (reference §4): one-level on all images, 80 epochs per stage, stage 1 with 14 cells
-    'stacnas': dict(optimization='one-level', epochs=80, layers=14, derive='softmax'),
-    # VS-DARTS code (reference §5): first-order bilevel, batch 96, stem multiplier 1, search wd 5e-3
-    'vsdarts': dict(optimization='bilevel', node_norm=True, larc=True, relaxation='sqrt', batch_size=96,
-                    stem_multiplier=1, w_weight_decay=5e-3),
-    # beyond both papers: StacNAS's stages and schedule with VS-DARTS's switches and optimizer settings
-    'stacvs': dict(optimization='one-level', epochs=80, layers=14, node_norm=True, larc=True, relaxation='sqrt',
-                   w_weight_decay=5e-3),
-}
-TWO_STAGE_METHODS = ('stacnas', 'stacvs')
+METHOD_PRESETS = Registry('method', "`register_method({name!r}, dict(optimization=..., ...))`")
+
+PIPELINES = ('single', 'two-stage') # one search, or StacNAS's grouped backward search (`run_two_stage`)
+
+def register_method(name: str, # the name `run_method`, the CLI's --method and results use
+                    settings: dict, # the `SearchConfig` fields the method sets
+                    pipeline: str = 'single', # 'single' or 'two-stage'
+                    callbacks=None, # a function making the callbacks every search of the method runs with (a regularizer)
+                    overwrite: bool = False) -> dict: # replace a method of that name
+    "Make a method preset available by name: its `SearchConfig` settings (a user's value beats them) and pipeline."
+    unknown = sorted(set(settings) - {f.name for f in fields(SearchConfig)})
+    if unknown: raise ValueError(f"method {name!r}: {unknown} are not SearchConfig fields")
+    if pipeline not in PIPELINES: raise ValueError(f"method {name!r}: pipeline {pipeline!r} is not one of {PIPELINES}")
+    return METHOD_PRESETS.register(name, dict(settings, pipeline=pipeline, callbacks=callbacks), overwrite=overwrite)
+
+def method_pipeline(method: str) -> str:
+    "The pipeline a method runs: 'single' or 'two-stage'."
+    return METHOD_PRESETS.get(method)['pipeline']
+
+# DARTS (reference §3): the SearchConfig defaults
+register_method('darts', dict(optimization='bilevel'))
+# StacNAS (reference §4): one-level on all images, 80 epochs per stage, stage 1 with 14 cells
+register_method('stacnas', dict(optimization='one-level', epochs=80, layers=14, derive='softmax'), 'two-stage')
+# VS-DARTS code (reference §5): first-order bilevel, batch 96, stem multiplier 1, search wd 5e-3
+register_method('vsdarts', dict(optimization='bilevel', node_norm=True, larc=True, relaxation='sqrt', batch_size=96,
+                                stem_multiplier=1, w_weight_decay=5e-3))
+# beyond both papers: StacNAS's stages and schedule with VS-DARTS's switches and optimizer settings
+register_method('stacvs', dict(optimization='one-level', epochs=80, layers=14, node_norm=True, larc=True,
+                               relaxation='sqrt', w_weight_decay=5e-3), 'two-stage')
 
 # %% ../nbs/12_methods.ipynb #7f176b50
 @dataclass
@@ -70,22 +87,15 @@ def _split_overrides(overrides: dict) -> tuple[dict, dict]:
 def method_config(method: str, # a key of METHOD_PRESETS
                   **overrides) -> tuple[SearchConfig, TwoStageConfig | None]:
     "The search config of `method` (its preset, then `overrides`), and the two-stage settings for StacNAS-style methods."
-    if method not in METHOD_PRESETS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHOD_PRESETS)}")
+    preset = METHOD_PRESETS.get(method)  # an unknown name: the known ones and how to add one
     search_kw, stage_kw = _split_overrides(overrides)
-    two_stage = method in TWO_STAGE_METHODS
+    two_stage = preset['pipeline'] == 'two-stage'
     if stage_kw and not two_stage:
-        raise ValueError(f"{sorted(stage_kw)} only apply to the two-stage methods {TWO_STAGE_METHODS}, not {method!r}")
-    config = SearchConfig(**{**METHOD_PRESETS[method], **search_kw, 'method': method})
+        two_stage_methods = [m for m in METHOD_PRESETS.names() if method_pipeline(m) == 'two-stage']
+        raise ValueError(f"{sorted(stage_kw)} only apply to the two-stage methods {two_stage_methods}, not {method!r}")
+    settings = {k: v for k, v in preset.items() if k not in ('pipeline', 'callbacks')}
+    config = SearchConfig(**{**settings, **search_kw, 'method': method})
     return config, (TwoStageConfig(**stage_kw) if two_stage else None)
-
-# %% ../nbs/12_methods.ipynb #a7572ece
-def register_stage_space(space: SearchSpace, prefix: str) -> str:
-    "Register `space` under `prefix-<hash of its edges>` (idempotent) and return that name."
-    content = json.dumps({k: v for k, v in space_to_dict(space).items() if k != 'name'}, sort_keys=True)
-    name = f"{prefix}-{hashlib.sha1(content.encode()).hexdigest()[:8]}"
-    if name not in SPACES: register_space(SearchSpace(name, space.normal, space.reduce, space.nodes))
-    return name
 
 # %% ../nbs/12_methods.ipynb #6074f56f
 def parse_groups(text: str) -> list[list[str]]:
@@ -215,21 +225,21 @@ def run_two_stage(config: SearchConfig, stages: TwoStageConfig, callbacks=()) ->
         config = replace(config, overwrite=False)  # the stages start in the cleared (or resumed) directory
     base = get_space(config.space)
     groups, grouping = resolve_groups(config, stages, out)
-    space1 = get_space(register_stage_space(
-        stage1_space(base, groups, choose_representatives(groups, stages.representatives)), 'stage1'))
+    # each stage's config holds its space itself: its config.json alone rebuilds it, and resume compares it
+    space1 = stage1_space(base, groups, choose_representatives(groups, stages.representatives), name='stage1')
     depth, confusion = choose_depth(config, stages, space1, out)
     sub = lambda name: out / name if out else None
-    result1, _ = run_stage(replace(config, space=space1.name, layers=depth), sub('stage1'), callbacks)
-    space2 = get_space(register_stage_space(stage2_space(base, groups, stage_alphas(result1), stage1=space1), 'stage2'))
-    result2, _ = run_stage(replace(config, space=space2.name, layers=stages.stage2_layers), sub('stage2'), callbacks)
+    result1, _ = run_stage(replace(config, space=space1, layers=depth), sub('stage1'), callbacks)
+    space2 = stage2_space(base, groups, stage_alphas(result1), stage1=space1, name='stage2')
+    result2, _ = run_stage(replace(config, space=space2, layers=stages.stage2_layers), sub('stage2'), callbacks)
     result = dict(kind='two-stage search', groups=groups, grouping=grouping, stage1_layers=depth,
                   confusion_table=confusion, stage1_space=space_to_dict(space1), stage2_space=space_to_dict(space2),
                   winning_groups=winning_groups(space1, groups, stage_alphas(result1)),
                   stage1_genotype=result1['genotype'], stage2_genotype=result2['genotype'],
                   genotype=result2['genotype'], config=to_jsonable(asdict(config)), stages=asdict(stages))
     if stages.stage3:
-        space3 = get_space(register_stage_space(stage3_space(space2, result2), 'stage3'))
-        result3, _ = run_stage(replace(config, space=space3.name, layers=stages.stage2_layers), sub('stage3'), callbacks)
+        space3 = stage3_space(space2, result2)
+        result3, _ = run_stage(replace(config, space=space3, layers=stages.stage2_layers), sub('stage3'), callbacks)
         result.update(stage3_genotype=result3['genotype'], genotype=result3['genotype'])
     if out:
         save_cell_diagrams(genotype_from_dict(result['genotype']), out)
@@ -242,6 +252,8 @@ def run_method(method: str, # 'darts', 'stacnas', 'vsdarts' or 'stacvs'
                **overrides) -> dict: # fields of SearchConfig / TwoStageConfig
     "Run `method` with its preset and `overrides`; returns the search result (with `method` recorded)."
     config, stages = method_config(method, **overrides)
-    if stages: result = run_two_stage(config, stages, callbacks)
-    else: result = Search(config, callbacks() if callable(callbacks) else callbacks).run()
+    own = METHOD_PRESETS.get(method)['callbacks'] or list  # the method's own callbacks (e.g. a regularizer)
+    fresh = lambda: [*(callbacks() if callable(callbacks) else callbacks), *own()]  # new ones for each search
+    if method_pipeline(method) == 'two-stage': result = run_two_stage(config, stages, fresh)
+    else: result = Search(config, fresh()).run()
     return dict(result, method=method)

@@ -10,13 +10,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .fastconv import FastDepthwiseConv2d, subsample
+from .registry import Registry
 
 # %% auto #0
 __all__ = ['OPS', 'POOLING_OPS', 'register_op', 'check_op_name', 'make_op', 'ReLUConvBN', 'DilConv', 'SepConv',
            'FactorizedReduce', 'stride2_samples', 'strided_shape', 'Zero', 'Noise']
 
 # %% ../nbs/00_ops.ipynb #28e444ff
-OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {}  # name -> factory(C, stride, affine)
+OPS = Registry('operation', "`@register_op({name!r})` on a factory(C, stride, affine) -> nn.Module")
 POOLING_OPS: set[str] = set()  # names whose op is a pooling layer (the search network adds a BatchNorm after these)
 
 def register_op(name: str, # the name search spaces and genotypes use
@@ -24,9 +25,7 @@ def register_op(name: str, # the name search spaces and genotypes use
                 overwrite: bool = False): # allow replacing an existing op of that name
     "Decorator registering `factory(C, stride, affine) -> nn.Module` under `name` in `OPS`."
     def _register(factory):
-        if name in OPS and not overwrite:
-            raise ValueError(f"operation {name!r} is already registered; pass overwrite=True to replace it")
-        OPS[name] = factory
+        OPS.register(name, factory, overwrite=overwrite)
         if pooling: POOLING_OPS.add(name)
         else: POOLING_OPS.discard(name)
         return factory
@@ -35,9 +34,7 @@ def register_op(name: str, # the name search spaces and genotypes use
 # %% ../nbs/00_ops.ipynb #0d46ff0b
 def check_op_name(name: str):
     "Raise a clear error if `name` is not a registered operation."
-    if name not in OPS:
-        raise ValueError(f"unknown operation {name!r}; known operations: {sorted(OPS)}. "
-                         f"Register a new one with `@register_op({name!r})`.")
+    OPS.get(name)  # an unknown name: the known ones and how to add one
 
 def make_op(name: str, # a registered operation name
             C: int, # channels in and out

@@ -5,19 +5,20 @@
 # %% ../nbs/14a_paper_values.ipynb #3c4335df
 from __future__ import annotations
 import math
+import os
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import NamedTuple
+import yaml
 from .confusion import PAPER_TABLE1 as _CONFUSION_TABLE1
 from .grouping import PAPER_TABLE6 as _GROUPING_TABLE6
 
 # %% auto #0
-__all__ = ['MISSING_MARKS', 'PAPER_TABLE1', 'PAPER_TABLE6', 'VSDARTS_TABLE3_METHODS', 'ITEMS', 'PAPER_VALUES', 'PaperValue',
-           'parse_printed', 'table_values', 'text_value', 'stacnas_table1', 'stacnas_table2', 'stacnas_table3',
-           'stacnas_table4', 'stacnas_table5', 'stacnas_table6', 'stacnas_fig2', 'stacnas_space_variants',
-           'stacnas_skips_vs_depth', 'stacnas_fig5', 'vsdarts_table1', 'vsdarts_table2', 'vsdarts_table3',
-           'vsdarts_table4', 'vsdarts_figures', 'ItemInfo', 'check_paper_values', 'paper_values', 'paper_value',
-           'paper_table', 'compare']
+__all__ = ['MISSING_MARKS', 'PAPER_TABLE1', 'PAPER_TABLE6', 'VALUES_FROM', 'ITEMS', 'PAPER_VALUES', 'VSDARTS_TABLE3_METHODS',
+           'PaperValue', 'parse_printed', 'table_values', 'text_value', 'stacnas_table1', 'stacnas_table6',
+           'default_notebook_dir', 'read_item', 'read_items', 'item_values', 'ItemInfo', 'check_paper_values',
+           'paper_values', 'paper_value', 'paper_table', 'compare']
 
 # %% ../nbs/14a_paper_values.ipynb #56bd32c0
 MISSING_MARKS = ('-', 'N/A', '') # how the papers print "no value"
@@ -96,62 +97,6 @@ def stacnas_table1() -> list[PaperValue]:
                        'measured after 100 epochs of training (appendix D)', f"{row['gradient_confusion']:.2f}")
             for row in PAPER_TABLE1]
 
-# %% ../nbs/14a_paper_values.ipynb #86db2872
-_IMAGENET_COLUMNS = [('top1', 'Test Error (%) top-1', 'top-1 test error (%)'),
-                     ('top5', 'Test Error (%) top-5', 'top-5 test error (%)'),
-                     ('params', 'Params (M)', 'parameters (millions)'), ('gpu_days', 'GPU Days', 'search GPU days')]
-
-def stacnas_table2() -> list[PaperValue]:
-    "StacNAS Table 2: ImageNet mobile-setting results of every StacNAS row and of DARTS."
-    rows = {'darts': ('DARTS Liu et al. (2018)', ['26.7', '8.7', '4.7', '4']),
-            'stacnas_c10_base': ('StacNAS C10 (base)', ['24.4', '7.3', '5.3', '1']),
-            'stacnas_c10_aa': ('StacNAS C10 (AA)', ['23.48', '6.4', '5.3', '1']),
-            'stacnas_c100_base': ('StacNAS C100 (base)', ['24.34', '7.1', '4.9', '1']),
-            'stacnas_imagenet_base': ('StacNAS (IMAGENET)(base)', ['24.17', '6.9', '5.7', '20']),
-            'stacnas_imagenet_aa': ('StacNAS (IMAGENET)(AA)', ['23.22', '5.9', '5.7', '20'])}
-    notes = {'stacnas_c10_base': 'searched on CIFAR-10, transferred to ImageNet, trained as DARTS.',
-             'stacnas_c10_aa': 'searched on CIFAR-10, trained with AutoAugment (+SE, 800 epochs; appendix C).',
-             'stacnas_c100_base': 'searched on CIFAR-100, transferred to ImageNet, trained as DARTS.',
-             'stacnas_imagenet_base': 'searched directly on ImageNet (11 + 14 cells, batch 1024, §3.3).',
-             'stacnas_imagenet_aa': 'searched on ImageNet, AutoAugment + SE, 800 epochs; §3.3 calls 23.22/5.9 '
-                                    '"top-1/5 accuracy" but they are the errors of this row.',
-             'stacnas_c10_base.gpu_days': 'Table 3 gives 0.8 GPU days for the CIFAR-10 search; Table 2 prints 1.'}
-    return table_values('stacnas_table2', 'StacNAS Table 2', _IMAGENET_COLUMNS, rows, notes)
-
-# %% ../nbs/14a_paper_values.ipynb #45b71e3d
-_CIFAR_COLUMNS = [('best', 'Test Error (%) Best', 'test error (%)'),
-                  ('average', 'Test Error (%) Average', 'test error (%), mean ± std over runs'),
-                  ('params', 'Params (M)', 'parameters (millions)'), ('gpu_days', 'GPU days', 'search GPU days')]
-
-def stacnas_table3() -> list[PaperValue]:
-    "StacNAS Table 3: CIFAR-10 test error of StacNAS (base, AA) and DARTS (base)."
-    rows = {'darts_base': ('DARTS (base) Liu et al. (2018)', ['-', '2.76±0.09', '3.3', '4']),
-            'stacnas_base': ('StacNAS(base)', ['2.33', '2.48±0.08', '3.9', '0.8']),
-            'stacnas_aa': ('StacNAS(AA)', ['1.77', '2.02±0.06', '3.9', '0.8'])}
-    notes = {'stacnas_aa.best': 'the introduction quotes 1.78 for the same result.',
-             'stacnas_base.average': 'mean ± std over 8 single runs (search once, evaluate once; §3.1).',
-             'stacnas_aa.average': 'mean ± std over 8 single runs (§3.1).'}
-    return table_values('stacnas_table3', 'StacNAS Table 3', _CIFAR_COLUMNS, rows, notes)
-
-def stacnas_table4() -> list[PaperValue]:
-    "StacNAS Table 4: CIFAR-100 test error of StacNAS (base, AA) and DARTS (base, run by the StacNAS authors)."
-    rows = {'darts_base': ('DARTS*(base) Liu et al. (2018)', ['N/A', '17.54±0.27', '3.8', '1']),
-            'stacnas_base': ('StacNAS(Base)', ['15.90', '16.11±0.2', '4.3', '0.8']),
-            'stacnas_aa': ('StacNAS(AA)', ['13.6', '14.3±0.18', '4', '0.8'])}
-    notes = {'darts_base': '* run by the StacNAS authors with the public DARTS code.'}
-    return table_values('stacnas_table4', 'StacNAS Table 4', _CIFAR_COLUMNS, rows, notes)
-
-# %% ../nbs/14a_paper_values.ipynb #5a6e8079
-def stacnas_table5() -> list[PaperValue]:
-    "StacNAS Table 5: CIFAR-10 ablation of one/two-level optimization × baseline/GB/GB+CM."
-    unit = 'CIFAR-10 test error (%), mean ± std'
-    columns = [('two_level', 'CIFAR10 two-level', unit), ('one_level', 'CIFAR10 one-level', unit)]
-    rows = {'baseline': ('baseline', ['2.97±0.32', '2.74±0.12']),
-            'gb': ('grouped backward (GB)', ['2.82±0.26', '2.68±0.10']),
-            'gb_cm': ('GB+complexity match', ['2.73±0.23', '2.48±0.08'])}
-    notes = {'gb_cm.one_level': 'the same number as StacNAS(base) in Table 3.'}
-    return table_values('stacnas_table5', 'StacNAS Table 5', columns, rows, notes)
-
 # %% ../nbs/14a_paper_values.ipynb #1eb04d05
 def stacnas_table6() -> list[PaperValue]:
     "StacNAS Table 6: Pearson correlations between operator outputs, from `stacvs.grouping.PAPER_TABLE6`."
@@ -163,200 +108,54 @@ def stacnas_table6() -> list[PaperValue]:
                        f'{matrix[i][j]:.2f}')
             for i in range(len(ops)) for j in range(i + 1, len(ops))]
 
-# %% ../nbs/14a_paper_values.ipynb #4fbb2082
-def stacnas_fig2() -> list[PaperValue]:
-    "StacNAS Figure 2 (DARTS over seeds vs random architectures): what the text states."
-    item, src = 'stacnas_fig2', 'StacNAS §2.4.1, failure pattern 1 (Figure 2)'
-    return [text_value(item, 'darts_vs_random', 'N/A', 'CIFAR-10 test error (%)', src,
-                       'Figure 2 is only a plot: the text says the spread of DARTS over seeds is "very large" and that '
-                       'DARTS may be worse than random architectures, without numbers.'),
-            text_value(item, 'darts.search_gpu_days', '4', 'GPU days', src,
-                       'DARTS runs its search four times (4 GPU days) ...'),
-            text_value(item, 'darts.selection_gpu_days', '1', 'GPU days', src,
-                       '... and spends another GPU day picking the best of the four.')]
+VALUES_FROM = {'stacvs.confusion.PAPER_TABLE1': stacnas_table1,  # a data file's `values_from` -> its values
+               'stacvs.grouping.PAPER_TABLE6': stacnas_table6}
 
-def stacnas_space_variants() -> list[PaperValue]:
-    "StacNAS §3.4 (and §2.4.1): search-space variant, stacking depths and random representatives."
-    item, err = 'stacnas_space_variants', 'CIFAR-10 test error (%), mean ± std'
-    variant, stacking = 'StacNAS §3.4, "Variants of search space"', 'StacNAS §3.4, "Stacking layers"'
-    return [text_value(item, 'sep7.darts', '2.98±0.15', err, variant,
-                       'avg pool replaced by sep 7×7; DARTS ends with max-pool-dominated normal cells (Figure 3).'),
-            text_value(item, 'sep7.darts_accuracy', '97.02±0.15', 'CIFAR-10 test accuracy (%), mean ± std',
-                       'StacNAS §2.4.1, failure pattern 3', 'the same result as sep7.darts, printed as accuracy.'),
-            text_value(item, 'sep7.stacnas', '2.55±0.08', err, variant,
-                       'the text says "validation accuracy of 2.55 ± 0.08"; the number is an error.'),
-            text_value(item, 'stacking.8+8', '2.74±0.12', err, stacking,
-                       '8 repeated runs (stage-1 + stage-2 cells); the same numbers as Table 5, one-level baseline.'),
-            text_value(item, 'stacking.14+17', '2.58±0.07', err, stacking, '8 repeated runs.'),
-            text_value(item, 'stacking.17+20', '2.53±0.05', err, stacking, '8 repeated runs.'),
-            text_value(item, 'stacking.14+20', '2.48±0.08', err, "StacNAS Table 3, row 'StacNAS(base)', column "
-                       "'Average'", 'the "14cells+20cells" result §3.4 compares against (the StacNAS default).'),
-            text_value(item, 'random_representatives', '2.53±0.08', err,
-                       'StacNAS §3.4, "Selection of representative operations"',
-                       'stage-1 representatives drawn at random from each group.'),
-            text_value(item, 'unbalanced_space.darts', 'N/A', 'CIFAR-10 test error (%)', 'StacNAS §2.4.2, Eq. (6)',
-                       'space {max pool 3×3, sep 3×3, sep 5×5, zero}: the text says only that the normal cell is '
-                       'dominated by max pooling; no error is given.')]
+# %% ../nbs/14a_paper_values.ipynb #a51d0002
+def default_notebook_dir() -> Path:
+    "`$STACVS_REPRO_NOTEBOOKS`, else the copy a wheel ships (`stacvs/repro_notebooks`), else the checkout's `nbs/repro`."
+    if os.environ.get('STACVS_REPRO_NOTEBOOKS'): return Path(os.environ['STACVS_REPRO_NOTEBOOKS'])
+    import stacvs
+    package = Path(stacvs.__file__).resolve().parent
+    shipped = package / 'repro_notebooks'  # nbs/repro, mapped into the package by pyproject.toml's package-dir
+    return shipped if shipped.is_dir() else package.parent / 'nbs' / 'repro'
 
-def stacnas_skips_vs_depth() -> list[PaperValue]:
-    "StacNAS failure pattern 4 and §2.5.3: skip connections in the normal cell against search depth."
-    item, unit = 'stacnas_skips_vs_depth', 'skip connections in the derived normal cell (count)'
-    pattern4 = 'StacNAS §2.4.1, failure pattern 4'
-    return [text_value(item, 'search_5_cells.skips', '0', unit, pattern4,
-                       '"from 5 to 20 [cells] ... the number of skip connections in the normal cell will increase from '
-                       '0 to 4"; the dataset and method are not named beyond "DARTS" and "multiple datasets".'),
-            text_value(item, 'search_20_cells.skips', '4', unit, pattern4, 'see search_5_cells.skips.'),
-            text_value(item, 'one_level_8_cells.skips', '0', unit, 'StacNAS §2.5.3',
-                       'one-level search with 8 cells: a normal cell of all sep 3×3 and no skip connection.')]
+def _read_yaml(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=getattr(yaml, 'CSafeLoader', yaml.SafeLoader)) or {}
 
-def stacnas_fig5() -> list[PaperValue]:
-    "StacNAS Figure 5: correlation between learned α and stand-alone accuracy on one edge."
-    item, unit = 'stacnas_fig5', 'correlation coefficient (α vs stand-alone accuracy)'
-    src = 'StacNAS Figure 5 caption'
-    note = 'first edge of the first cell, every stage-1 candidate trained to convergence (§3.4).'
-    return [text_value(item, 'stacnas.correlation', '0.91', unit, src + ' (a)', note),
-            text_value(item, 'darts.correlation', '0.2', unit, src + ' (b)', note)]
+def read_item(item: str, # an item id: `<notebooks>/<item>.yaml` holds its data
+              notebooks: str | Path | None = None, # default: `default_notebook_dir()`
+             ) -> dict:
+    "An item's data file: paper, description, profiles, and values (or values_from)."
+    path = Path(notebooks or default_notebook_dir()) / f'{item}.yaml'
+    if not path.exists(): raise ValueError(f"unknown reproduction item {item!r}: no data file {path}")
+    return _read_yaml(path)
 
-# %% ../nbs/14a_paper_values.ipynb #059ce9ad
-def vsdarts_table1() -> list[PaperValue]:
-    "VS-DARTS Table 1: CIFAR-10 test error, parameters and search cost of VS-DARTS, DARTS and two baselines."
-    columns = [('params', 'Params (M)', 'parameters (millions)'), ('error', 'Test Err. (%)', 'test error (%)'),
-               ('gpu_days', 'Cost', 'search GPU days')]
-    rows = {'darts_1st': ('DARTS 1st', ['3.3', '3.00', '1.5']),
-            'darts_2nd': ('DARTS 2nd', ['3.3', '2.76', '4.0']),
-            'r_darts': ('R-DARTS', ['-', '2.95±0.21', '1.6']),
-            'darts_pt': ('DARTS+PT', ['3.0', '2.61±0.08', '0.8']),
-            'vs_darts_avg': ('VS-DARTS (avg)', ['3.4±0.3', '2.50±0.05', '0.4']),
-            'vs_darts_best': ('VS-DARTS (best)', ['3.38', '2.43', '0.4'])}
-    notes = {'darts_pt': 'assigned by position: the text copy drops one method name in this block.',
-             'vs_darts_avg': 'mean ± std over 3 seeds (search and retrain, §5.1.2).',
-             'vs_darts_best.error': 'the architecture transferred to ImageNet (Table 2).'}
-    values = table_values('vsdarts_table1', 'VS-DARTS Table 1', columns, rows, notes)
-    claim, intro = 'improvement in CIFAR-10 test error (%p)', 'VS-DARTS §1 (introduction)'
-    unclear = 'stated without saying between which numbers; not a difference of Table 1 rows.'
-    return values + [text_value('vsdarts_table1', 'claim.improvement_over_darts', '0.57', claim, intro, unclear),
-                     text_value('vsdarts_table1', 'claim.improvement_over_darts_pt', '0.18', claim, intro,
-                                unclear + ' (Table 1: 2.61 − 2.50 = 0.11)')]
+def read_items(notebooks: str | Path | None = None) -> dict[str, dict]:
+    "Every item of a directory (a `<item>.yaml` beside an `<item>.ipynb`): by paper, tables first, then by name."
+    path = Path(notebooks or default_notebook_dir())
+    data = {p.stem: _read_yaml(p) for p in path.glob('*.yaml') if p.with_suffix('.ipynb').exists()}
+    return dict(sorted(data.items(), key=lambda kv: (str(kv[1].get('paper')), '_table' not in kv[0], kv[0])))
 
-# %% ../nbs/14a_paper_values.ipynb #beff84ae
-def vsdarts_table2() -> list[PaperValue]:
-    "VS-DARTS Table 2: ImageNet (mobile) results of VS-DARTS, DARTS and DARTS+PT."
-    columns = [('params', 'Params (M)', 'parameters (millions)'), ('flops', 'FLOPs (M)', 'FLOPs (millions)'),
-               ('top1', 'Test Err. (%) Top1', 'top-1 test error (%)'),
-               ('top5', 'Test Err. (%) Top5', 'top-5 test error (%)')]
-    rows = {'darts_2nd': ('DARTS 2nd', ['4.7', '574', '26.7', '8.7']),
-            'darts_pt': ('DARTS+PT', ['4.6', '-', '25.5', '8.0']),
-            'vs_darts': ('VS-DARTS', ['5.3', '589', '24.8', '7.5']),
-            'vs_darts_proxy': ('VS-DARTS +Proxy', ['5.7', '640', '24.7', '7.7'])}
-    notes = {'vs_darts': 'the best CIFAR-10 architecture (Table 1, VS-DARTS (best)) transferred.',
-             'vs_darts_proxy': 'searched directly on ImageNet with proxy data (Na et al. 2021, §5.1.2).'}
-    return table_values('vsdarts_table2', 'VS-DARTS Table 2', columns, rows, notes)
-
-# %% ../nbs/14a_paper_values.ipynb #820b7738
-VSDARTS_TABLE3_METHODS = (('darts', 'DARTS'), ('r_darts_l2', 'R-DARTS(L2)'), ('darts_es', 'DARTS-ES'),
-                          ('darts_ada', 'DARTS-ADA'), ('pr_darts', 'PR-DARTS†'), ('darts_pt', 'DARTS+PT'),
-                          ('vs_darts', 'VS-DARTS (ours)'))
-_VSDARTS_TABLE3 = { # dataset -> method -> printed S1, S2, S3, S4 (the paper's columns, one method at a time)
-    'c10': dict(darts='3.84 4.85 3.34 7.20', r_darts_l2='2.78 3.31 2.51 3.56', darts_es='3.01 3.26 2.74 3.71',
-                darts_ada='3.10 3.35 2.59 4.84', pr_darts='3.26 3.63 3.99 2.59', darts_pt='3.50 2.79 2.49 2.64',
-                vs_darts='2.58 2.57 2.52 2.49'),
-    'c100': dict(darts='29.46 26.05 28.90 28.85', r_darts_l2='24.25 22.24 23.99 21.94',
-                 darts_es='28.37 23.25 23.73 21.26', darts_ada='24.03 23.52 23.37 23.20',
-                 pr_darts='32.74 32.52 26.96 20.80', darts_pt='24.48 23.16 22.03 20.80',
-                 vs_darts='23.87 21.49 22.03 20.69'),
-    'svhn': dict(darts='4.58 3.53 3.41 3.05', r_darts_l2='4.79 2.51 2.48 2.50', darts_es='2.72 2.60 2.50 2.51',
-                 darts_ada='2.53 2.54 2.50 2.46', pr_darts='3.33 4.48 2.75 2.95', darts_pt='2.62 2.53 2.42 2.42',
-                 vs_darts='2.37 2.37 2.37 2.32')}
-_DATASET_LABELS = {'c10': 'C10', 'c100': 'C100', 'svhn': 'SVHN'}
-
-def vsdarts_table3() -> list[PaperValue]:
-    "VS-DARTS Table 3: test error on S1–S4 × CIFAR-10/CIFAR-100/SVHN for every method it lists."
-    columns = [(key, label, 'test error (%)') for key, label in VSDARTS_TABLE3_METHODS]
-    rows = {f'{ds}.s{s + 1}': (f'{_DATASET_LABELS[ds]} S{s + 1}',
-                               [by_method[m].split()[s] for m, _ in VSDARTS_TABLE3_METHODS])
-            for ds, by_method in _VSDARTS_TABLE3.items() for s in range(4)}
-    notes = {f'{row}.pr_darts': '† evaluated by the VS-DARTS authors with the cited paper\'s settings.'
-             for row in rows}
-    notes.update({f'svhn.s{s}.vs_darts': 'typeset as stacked fractions in the text copy; read top to bottom.'
-                  for s in range(1, 5)})
-    notes.update({row: 'final network of 8 cells (16 channels).' for row in rows if row.split('.')[0] != 'c10'})
-    return table_values('vsdarts_table3', 'VS-DARTS Table 3', columns, rows, notes)
-
-# %% ../nbs/14a_paper_values.ipynb #6a31a3f0
-def vsdarts_table4() -> list[PaperValue]:
-    "VS-DARTS Table 4: CIFAR-10 test accuracy as node normalization, LARC and √β are added to DARTS."
-    columns = [('accuracy', 'Test Acc.', 'CIFAR-10 test accuracy (%)')]
-    rows = {'darts': ('× × ×', ['97.09']), 'node_norm': ('✓ × ×', ['97.29']),
-            'node_norm_larc': ('✓ ✓ ×', ['97.40']), 'node_norm_larc_sqrt_beta': ('✓ ✓ ✓', ['97.57'])}
-    notes = {key: f'components on (NodeNorm, LARC, √β): {label}; printed with a % sign.'
-             for key, (label, _) in rows.items()}
-    return table_values('vsdarts_table4', 'VS-DARTS Table 4', columns, rows, notes)
-
-# %% ../nbs/14a_paper_values.ipynb #a029b78c
-def vsdarts_figures() -> dict[str, list[PaperValue]]:
-    "The numbers the VS-DARTS text states about Figures 2–6 (None with a note where the figure is qualitative)."
-    qualitative = 'the figure is qualitative: the text states no number.'
-    sigma = 'σ of an unnormalized node output'
-    return {
-        'vsdarts_fig2': [
-            text_value('vsdarts_fig2', 'beta_vs_discretization', 'N/A', 'β vs discretization accuracy (%)',
-                'VS-DARTS Figure 2 caption, §3', qualitative + ' Claim: VS-DARTS β follows discretization accuracy, '
-                'DARTS-L2 β does not (2 randomly chosen edges).'),
-            text_value('vsdarts_fig2', 'darts_l2.weight_decay', '5e-3', 'search weight decay (setting)',
-                'VS-DARTS §3', 'a setting, not a result: DARTS-L2 raises weight decay from 3e-4 to 5e-3.')],
-        'vsdarts_fig3': [
-            text_value('vsdarts_fig3', 'unnormalized_sigma.high', '1.6', sigma, 'VS-DARTS §4.2',
-                'an example "as in Figure 3": the gradient is divided by 1.6.'),
-            text_value('vsdarts_fig3', 'unnormalized_sigma.low', '0.6', sigma, 'VS-DARTS §4.2',
-                'an example "as in Figure 3": the gradient becomes larger.')],
-        'vsdarts_fig4': [
-            text_value('vsdarts_fig4', 'beta_zero', 'N/A', 'β_zero per node', 'VS-DARTS Figure 4, §4.1',
-                qualitative + ' Claim: β_zero grows large in DARTS-L2 and stays small with node normalization.')],
-        'vsdarts_fig5': [
-            text_value('vsdarts_fig5', 'gradient_scale', 'N/A', 'gradient scale of sep_conv_3x3 per edge',
-                'VS-DARTS Figure 5, §4.2', qualitative + ' Claim: edges get gradients of similar scale early in the '
-                'search without node normalization, and unbalanced ones with it.')],
-        'vsdarts_fig6': [
-            text_value('vsdarts_fig6', 'darts.variance_ratio_start', '0.4', 'σ(ō(x))/σ(x) of a mixed operation',
-                'VS-DARTS §4.3 (Figure 6a)', '"starts with 0.4 and decreases monotonically in DARTS".'),
-            text_value('vsdarts_fig6', 'unparametrized_covariance.min', '0.7', 'covariance of op outputs (lower bound)',
-                'VS-DARTS §4.3 (Figure 6b)', 'covariances between unparametrized ops "stay above 0.7 throughout"; '
-                'those involving parametrized ops stay close to zero.'),
-            text_value('vsdarts_fig6', 'covariance_stationary_epoch', '10', 'search epoch (approximate)',
-                'VS-DARTS §4.3 (Figure 6b)', 'covariances become stationary "approximately after the first 10 '
-                'epochs".')]}
+def item_values(item: str, data: dict) -> list[PaperValue]:
+    "The paper's values in an item's data: `printed` parsed into value and std, or the table named by `values_from`."
+    if data.get('values_from'): return VALUES_FROM[data['values_from']]()
+    return [PaperValue(item, v['key'], *parse_printed(str(v['printed'])), v.get('unit', ''), v.get('source', ''),
+                       v.get('note', ''), str(v['printed'])) for v in data.get('values') or []]
 
 # %% ../nbs/14a_paper_values.ipynb #19e2a100
 class ItemInfo(NamedTuple):
     paper: str # 'StacNAS' or 'VS-DARTS'
     description: str # one line: what the item reproduces
 
-ITEMS: dict[str, ItemInfo] = {
-    'stacnas_table1': ItemInfo('StacNAS', 'Table 1: gradient confusion of search and final networks by depth'),
-    'stacnas_table2': ItemInfo('StacNAS', 'Table 2: ImageNet (mobile) top-1/top-5 error, params, GPU days'),
-    'stacnas_table3': ItemInfo('StacNAS', 'Table 3: CIFAR-10 test error (best, mean ± std), params, GPU days'),
-    'stacnas_table4': ItemInfo('StacNAS', 'Table 4: CIFAR-100 test error (best, mean ± std), params, GPU days'),
-    'stacnas_table5': ItemInfo('StacNAS', 'Table 5: ablation, one/two-level × baseline/GB/GB+CM on CIFAR-10'),
-    'stacnas_table6': ItemInfo('StacNAS', 'Table 6: correlation matrix of operator outputs'),
-    'stacnas_fig2': ItemInfo('StacNAS', 'Figure 2: DARTS over seeds vs random architectures'),
-    'stacnas_space_variants': ItemInfo('StacNAS', '§3.4: sep 7×7 variant, stacking depths, random representatives'),
-    'stacnas_skips_vs_depth': ItemInfo('StacNAS', 'Failure pattern 4: skip connections vs search depth'),
-    'stacnas_fig5': ItemInfo('StacNAS', 'Figure 5: learned α vs stand-alone accuracy'),
-    'vsdarts_table1': ItemInfo('VS-DARTS', 'Table 1: CIFAR-10 test error, params, search cost'),
-    'vsdarts_table2': ItemInfo('VS-DARTS', 'Table 2: ImageNet transfer, top-1/top-5 error, params, FLOPs'),
-    'vsdarts_table3': ItemInfo('VS-DARTS', 'Table 3: S1–S4 × CIFAR-10/CIFAR-100/SVHN test error'),
-    'vsdarts_table4': ItemInfo('VS-DARTS', 'Table 4: ablation, NodeNorm/LARC/√β test accuracy'),
-    'vsdarts_fig2': ItemInfo('VS-DARTS', 'Figure 2: β vs discretization accuracy'),
-    'vsdarts_fig3': ItemInfo('VS-DARTS', 'Figure 3: node output variance during search'),
-    'vsdarts_fig4': ItemInfo('VS-DARTS', 'Figure 4: β_zero per node, DARTS-L2 vs VS-DARTS'),
-    'vsdarts_fig5': ItemInfo('VS-DARTS', 'Figure 5: gradient scale of sep_conv_3x3 per edge'),
-    'vsdarts_fig6': ItemInfo('VS-DARTS', 'Figure 6: σ(ō(x))/σ(x) and covariances between operations'),
-}
+_DATA = read_items()  # every item's data file, read once
+ITEMS: dict[str, ItemInfo] = {item: ItemInfo(d['paper'], d['description']) for item, d in _DATA.items()
+                              if d.get('values') or d.get('values_from')}  # items beyond the papers have none
 
 def check_paper_values(values: dict[str, list[PaperValue]]) -> dict[str, list[PaperValue]]:
     "Raise if an item is unknown or empty, a key repeats, a source is missing or a missing value has no note."
     for item, item_values in values.items():
-        if item not in ITEMS: raise ValueError(f"unknown item {item!r}: add it to ITEMS first")
+        if item not in ITEMS: raise ValueError(f"unknown item {item!r}: give it a data file nbs/repro/{item}.yaml")
         if not item_values: raise ValueError(f"item {item!r} has no values: give at least one, or None with a note")
         keys = [v.key for v in item_values]
         if len(set(keys)) != len(keys):
@@ -367,13 +166,7 @@ def check_paper_values(values: dict[str, list[PaperValue]]) -> dict[str, list[Pa
             if v.value is None and not v.note: raise ValueError(f"{item}/{v.key} is None without a note saying why")
     return values
 
-PAPER_VALUES: dict[str, list[PaperValue]] = check_paper_values({
-    'stacnas_table1': stacnas_table1(), 'stacnas_table2': stacnas_table2(), 'stacnas_table3': stacnas_table3(),
-    'stacnas_table4': stacnas_table4(), 'stacnas_table5': stacnas_table5(), 'stacnas_table6': stacnas_table6(),
-    'stacnas_fig2': stacnas_fig2(), 'stacnas_space_variants': stacnas_space_variants(),
-    'stacnas_skips_vs_depth': stacnas_skips_vs_depth(), 'stacnas_fig5': stacnas_fig5(),
-    'vsdarts_table1': vsdarts_table1(), 'vsdarts_table2': vsdarts_table2(), 'vsdarts_table3': vsdarts_table3(),
-    'vsdarts_table4': vsdarts_table4(), **vsdarts_figures()})
+PAPER_VALUES: dict[str, list[PaperValue]] = check_paper_values({item: item_values(item, _DATA[item]) for item in ITEMS})
 
 # %% ../nbs/14a_paper_values.ipynb #f84064ce
 def paper_values(item: str # a reproduction item id, one of `ITEMS`
@@ -392,6 +185,11 @@ def paper_value(item: str, # a reproduction item id
         raise ValueError(f"item {item!r} has no key {key!r}; its keys are: {', '.join(values)}")
     return values[key]
 
+# %% ../nbs/14a_paper_values.ipynb #820b7738
+VSDARTS_TABLE3_METHODS = (('darts', 'DARTS'), ('r_darts_l2', 'R-DARTS(L2)'), ('darts_es', 'DARTS-ES'),
+                          ('darts_ada', 'DARTS-ADA'), ('pr_darts', 'PR-DARTS†'), ('darts_pt', 'DARTS+PT'),
+                          ('vs_darts', 'VS-DARTS (ours)'))  # the column order of Table 3
+
 # %% ../nbs/14a_paper_values.ipynb #f993cd57
 def paper_table(item: str # a reproduction item id
                ) -> list[dict]:
@@ -406,9 +204,10 @@ def _within(paper: PaperValue, measured: float | None) -> bool | None:
 def compare(item: str, # a reproduction item id
             measured: dict[str, float | None], # key -> measured mean, in the paper's unit
             include_unmeasured: bool = False, # also list paper values with no measurement
+            values: list[PaperValue] | None = None, # the item's values (default: `paper_values(item)`)
            ) -> list[dict]:
     "Rows of paper value, measured value, difference and a rough ±2 std check, in the paper's order."
-    values = paper_values(item)
+    values = paper_values(item) if values is None else values
     unknown = sorted(set(measured) - {v.key for v in values})
     if unknown:
         raise ValueError(f"item {item!r} has no keys {unknown}; its keys are: {', '.join(v.key for v in values)}")

@@ -5,6 +5,7 @@
 # %% ../nbs/02_relaxations.ipynb #9109bf72
 from __future__ import annotations
 import torch
+from .registry import Registry
 
 # %% auto #0
 __all__ = ['RELAXATIONS', 'at_least_fp32', 'Relaxation', 'Softmax', 'register_relaxation', 'get_relaxation', 'SqrtSoftmax']
@@ -28,21 +29,19 @@ class Softmax(Relaxation):
     name = 'softmax'
     def mixing_weights(self, alpha): return torch.softmax(at_least_fp32(alpha), dim=-1)
 
-RELAXATIONS: dict[str, type[Relaxation]] = {}
+RELAXATIONS = Registry('relaxation', "`@register_relaxation` on a Relaxation subclass with name = {name!r}")
 
-def register_relaxation(cls: type[Relaxation]) -> type[Relaxation]:
-    "Make a `Relaxation` subclass available by its `name`."
-    RELAXATIONS[cls.name] = cls
-    return cls
+def register_relaxation(cls: type[Relaxation] | None = None, *, overwrite: bool = False):
+    "Class decorator making a `Relaxation` subclass available by its `name` (`overwrite=True` replaces one)."
+    if cls is None: return lambda cls: register_relaxation(cls, overwrite=overwrite)
+    return RELAXATIONS.register(cls.name, cls, overwrite=overwrite)
 
 register_relaxation(Softmax)
 
 def get_relaxation(relaxation: str | Relaxation) -> Relaxation:
     "A relaxation instance by name (an instance passes through)."
     if isinstance(relaxation, Relaxation): return relaxation
-    if relaxation not in RELAXATIONS:
-        raise ValueError(f"unknown relaxation {relaxation!r}; known relaxations: {sorted(RELAXATIONS)}")
-    return RELAXATIONS[relaxation]()
+    return RELAXATIONS.get(relaxation)()
 
 # %% ../nbs/02_relaxations.ipynb #9b81847a
 class SqrtSoftmax(Relaxation):

@@ -77,9 +77,9 @@ def epoch_details(record: dict) -> str:
     return ' | '.join(parts)
 
 def _stage(run) -> str:
-    "' stage1' for a supernet of a two-stage search (its space is `stage1-<hash>`), else ''."
+    "' stage1' for a supernet of a two-stage search (its space is named `stage1`, `stage2`, ...), else ''."
     name = getattr(getattr(getattr(run, 'model', None), 'space', None), 'name', '')
-    match = re.fullmatch(r'(stage\d)-[0-9a-f]{8}', str(name))
+    match = re.fullmatch(r'(stage\d)', str(name))
     return f" {match.group(1)}" if match else ''
 
 class EpochReporter:
@@ -92,7 +92,7 @@ class EpochReporter:
         c, is_main = run.config, getattr(getattr(run, 'dist', None), 'is_main', True)
         enabled = is_main and (lines_wanted(c.quiet, c.progress) if self.enabled is None else self.enabled)
         self.lines = ProgressLines(f"{self.kind}{_stage(run)} epoch", c.epochs, done=run.epoch, enabled=enabled)
-    on_search_start = on_train_start = _start
+    on_start = _start
 
     def on_epoch_end(self, run, record: dict):
         if self.lines is None: self._start(run)
@@ -138,7 +138,7 @@ class CsvLog:
     "A callback keeping log.csv beside log.jsonl (rank 0, runs with a run directory)."
     def _start(self, run):
         if run.run_dir: run.run_dir.write_csv_log()
-    on_search_start = on_train_start = _start
+    on_start = _start
 
     def on_epoch_end(self, run, record: dict):
         if run.run_dir: run.run_dir.append_csv_row(record)
@@ -184,7 +184,7 @@ class TensorBoardLogger:
         # a resumed run: events from epoch `run.epoch + 1` on belong to the abandoned session
         self.writer = SummaryWriter(str(self.log_dir or run.run_dir.path / 'tensorboard'),
                                     purge_step=run.epoch + 1 if run.epoch else None)
-    on_search_start = on_train_start = _start
+    on_start = _start
 
     def on_epoch_end(self, run, record: dict):
         if self.writer is None: return
@@ -194,7 +194,7 @@ class TensorBoardLogger:
 
     def _end(self, run, result):
         if self.writer is not None: self.writer.close(); self.writer = None
-    on_search_end = on_train_end = _end
+    on_end = _end
 
 # %% ../nbs/07c_reporting.ipynb #be4ea14e
 THREAD_VARIABLES = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')

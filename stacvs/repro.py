@@ -9,29 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 import yaml
 from fastcore.basics import patch
-from .paper_values import ITEMS, compare, paper_values
+from .paper_values import ITEMS, compare, paper_values, default_notebook_dir, read_item, read_items, item_values
 from .runs import RunDir, atomic_write_json, atomic_write_text, to_jsonable, versions, resolve_device, progress
 
 # %% auto #0
-__all__ = ['PROFILES', 'EXTRA_ITEMS', 'repro_items', 'default_notebook_dir', 'notebook_dir', 'check_parameters', 'ReproRun',
+__all__ = ['PROFILES', 'repro_items', 'notebook_dir', 'check_parameters', 'notebook_parameters', 'ReproRun', 'Comparison',
            'profile_parameters', 'item_parameters', 'check_item_dir', 'run_item', 'write_summary', 'run_batch',
            'collect_results', 'report_rows', 'plot_paper_vs_measured', 'write_report']
 
 # %% ../nbs/14_repro.ipynb #9b984c2d
 PROFILES = ('smoke', 'quick', 'paper')
-EXTRA_ITEMS = {'methods_side_by_side': 'DARTS, StacNAS, VS-DARTS and stacvs on the same data and seeds'}
 
-def repro_items() -> dict[str, str]:
-    "Every reproduction item id with its description, in reading order."
-    return {**{k: f"{v.paper} {v.description}" for k, v in ITEMS.items()}, **EXTRA_ITEMS}
-
-def default_notebook_dir() -> Path:
-    "`$STACVS_REPRO_NOTEBOOKS`, else the copy a wheel ships (`stacvs/repro_notebooks`), else the checkout's `nbs/repro`."
-    if os.environ.get('STACVS_REPRO_NOTEBOOKS'): return Path(os.environ['STACVS_REPRO_NOTEBOOKS'])
-    import stacvs
-    package = Path(stacvs.__file__).resolve().parent
-    shipped = package / 'repro_notebooks'  # nbs/repro, mapped into the package by pyproject.toml's package-dir
-    return shipped if shipped.is_dir() else package.parent / 'nbs' / 'repro'
+def repro_items(notebooks: str | Path | None = None) -> dict[str, str]:
+    "Every reproduction item id (a data file in `notebooks`) with its paper and description."
+    return {item: f"{data['paper']} {data['description']}" for item, data in read_items(notebooks).items()}
 
 def notebook_dir(notebooks: str | Path | None = None) -> Path:
     "`notebooks` (default: `default_notebook_dir()`) if it holds reproduction notebooks, else a one-line error."
@@ -46,12 +37,14 @@ def check_parameters(item: str, # the notebook's item id
                      profile: str, # smoke, quick or paper
                      seeds, # a list of ints (papermill: -y 'seeds: [0, 1]'; -p passes one value)
                      device: str = 'auto', # auto, cpu, cuda, cuda:N
+                     notebooks: str | Path | None = None, # where the item's data file is (default `nbs/repro`)
                      **others) -> dict:
     "Validate a notebook's common parameters; returns them."
-    if item not in repro_items(): raise ValueError(f"unknown reproduction item {item!r}; known: {list(repro_items())}")
+    known = repro_items(notebooks)
+    if item not in known: raise ValueError(f"unknown reproduction item {item!r}; known: {list(known)}")
     if profile not in PROFILES:
         raise ValueError(f"bad papermill parameter profile={profile!r}: expected one of {PROFILES} "
-                         f"(e.g. -p profile smoke, or -f nbs/repro/profiles/smoke/{item}.yaml)")
+                         f"(e.g. -p profile smoke, or -f the file `stacvs repro params {item} --profile smoke` writes)")
     if not (isinstance(seeds, (list, tuple)) and seeds and all(isinstance(s, int) for s in seeds)):
         raise ValueError(f"bad papermill parameter seeds={seeds!r}: expected a non-empty list of integers, "
                          "e.g. -y 'seeds: [0, 1, 2]' (papermill's -p gives one value or a string)")
@@ -62,15 +55,36 @@ def check_parameters(item: str, # the notebook's item id
     return dict(item=item, profile=profile, seeds=list(seeds), device=device, **others)
 
 # %% ../nbs/14_repro.ipynb #74fb881f
+_PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
+
+def notebook_parameters(namespace: dict) -> dict:
+    "The plain values of a notebook's namespace, less IPython's own, `_private` and `CONSTANT` names."
+    try:
+        from IPython import get_ipython
+        hidden = getattr(get_ipython(), 'user_ns_hidden', {})
+    except ImportError: hidden = {}
+    return {k: v for k, v in namespace.items()
+            if isinstance(v, _PLAIN) and not k.startswith('_') and not k.isupper() and k not in hidden}
+
 class ReproRun:
     "One reproduction notebook's run: parameters, output directory, figures, and `results.json`."
     def __init__(self, item: str, # the item id
                  out_dir: str | Path, # where everything goes (created)
+                 notebooks: str | Path | None = None, # where the item's data file is (default `nbs/repro`)
                  **parameters): # the notebook's parameters, recorded as given
-        self.parameters = check_parameters(item, **parameters)
-        self.item, self.out = item, Path(out_dir)
+        self.parameters = check_parameters(item, notebooks=notebooks, **parameters)
+        self.item, self.notebooks, self.out = item, notebooks, Path(out_dir)
+        self.data = read_item(item, notebooks)  # the item's data file: its paper values
         self.out.mkdir(parents=True, exist_ok=True)
         self.started, self.figures = time.time(), []
+
+    @classmethod
+    def from_parameters(cls, item: str, # the notebook's item id
+                        namespace: dict): # the notebook's `globals()`, right after its parameters cell
+        "The run of a notebook whose parameters (and `out_dir`) are `namespace`'s plain values."
+        parameters, here = notebook_parameters(namespace), Path.cwd()  # run_item runs a notebook in its directory
+        if 'out_dir' not in parameters: raise ValueError("the parameters cell defines no out_dir: add out_dir = '...'")
+        return cls(item, parameters.pop('out_dir'), here if (here / f'{item}.yaml').exists() else None, **parameters)
 
     def path(self, *parts) -> Path:
         "A path inside the run's directory (for the library's run directories)."
@@ -88,28 +102,46 @@ class ReproRun:
 def _finite_or_none(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
+def _fmt(v):
+    return '' if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+class Comparison(list):
+    "A run's comparison rows (dicts), shown as a key | paper | measured | Δ table (text, or Markdown in Jupyter)."
+    def cells(self) -> list[list[str]]:
+        return [[r['key'], _fmt(r['paper']) + (f" ± {_fmt(r['paper_std'])}" if r.get('paper_std') else ''),
+                 _fmt(r['measured']), _fmt(r['difference'])] for r in self]
+    def __str__(self):
+        rows = [['key', 'paper', 'measured', 'Δ']] + self.cells()
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        return '\n'.join('  '.join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])])
+                         for r in rows)
+    def _repr_pretty_(self, p, cycle): p.text(str(self))
+    def _repr_markdown_(self):
+        return '\n'.join(['| key | paper | measured | Δ |', '|---|---:|---:|---:|'] +
+                         [f"| {c[0].replace('|', ' vs ')} | {c[1]} | {c[2]} | {c[3]} |" for c in self.cells()])
+
 @patch
 def finish(self: ReproRun,
            measured: dict, # paper key -> measured value, in the paper's unit (keys of `paper_values(item)`)
            extra: dict | None = None, # anything else worth keeping (per-seed values, tables, genotypes)
-           paper_item: str | None = None) -> list[dict]: # the paper item compared with (default: this item)
-    "Write results.json with the paper's values beside the measured ones; return the comparison rows."
+           paper_item: str | None = None) -> Comparison: # the paper item compared with (default: this item)
+    "Write results.json with the paper's values beside the measured ones; return the comparison (it shows as a table)."
     measured = {k: _finite_or_none(v) for k, v in measured.items()}
     item = paper_item or self.item
-    rows = compare(item, measured) if item in ITEMS else [  # an item beyond the papers: measured values only
+    values = item_values(item, self.data if item == self.item else read_item(item, self.notebooks))
+    rows = compare(item, measured, values=values) if values else [  # an item beyond the papers: measured values only
         dict(item=item, key=k, unit='', paper=None, paper_std=None, measured=v, difference=None,
              rough_check_within_2std=None, source='not in either paper') for k, v in measured.items()]
     record = dict(item=self.item, status='complete', profile=self.parameters['profile'], parameters=self.parameters,
                   measured=measured, comparison=rows, extra=extra or {}, figures=self.figures,
                   wall_seconds=time.time() - self.started, versions=versions())
     atomic_write_json(self.path('results.json'), to_jsonable(record))
-    return rows
+    return Comparison(rows)
 
 # %% ../nbs/14_repro.ipynb #5d63fd98
 def profile_parameters(item: str, profile: str, notebooks: Path | None = None) -> dict:
-    "The parameters of `profile` for `item`, from `nbs/repro/profiles/<profile>/<item>.yaml` (empty if none)."
-    path = Path(notebooks or default_notebook_dir()) / 'profiles' / profile / f'{item}.yaml'
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    "The parameters of `profile` for `item`: the `profiles` entry of its data file `<item>.yaml` (empty if none)."
+    return dict((read_item(item, notebooks).get('profiles') or {}).get(profile) or {})
 
 def item_parameters(item: str, profile: str, overrides: dict | None = None, notebooks: Path | None = None) -> dict:
     "The papermill parameters of an item: its profile's, then the overrides, then the profile's name."
@@ -146,7 +178,7 @@ def run_item(item: str, # an item id
     import papermill
     notebooks = Path(notebooks or default_notebook_dir())
     source = notebooks / f'{item}.ipynb'
-    if item not in repro_items(): raise ValueError(f"unknown reproduction item {item!r}; see `stacvs repro list`")
+    if item not in repro_items(notebooks): raise ValueError(f"unknown reproduction item {item!r}; see `stacvs repro list`")
     if not source.exists():  # recorded like a failure, so `run all` reports what it could not run
         return dict(item=item, status='failed', error='FileNotFoundError', exception=None,
                     message=f"no notebook for {item!r} at {source}; pass notebooks= (--notebooks) to find it")
@@ -186,10 +218,11 @@ def run_batch(items, # item ids, or ['all']
               notebooks: str | Path | None = None, show_progress: bool = True,
               overwrite: bool = False) -> list[dict]: # replace items run here with other parameters
     "Run many items (skipping complete ones, isolating failures); writes the batch's summary and the report."
-    items = list(repro_items()) if list(items) == ['all'] else list(items)
-    unknown = [i for i in items if i not in repro_items()]
-    if unknown: raise ValueError(f"unknown reproduction item(s) {unknown}; see `stacvs repro list`")
     notebooks = notebook_dir(notebooks)
+    known = repro_items(notebooks)
+    items = list(known) if list(items) == ['all'] else list(items)
+    unknown = [i for i in items if i not in known]
+    if unknown: raise ValueError(f"unknown reproduction item(s) {unknown}; see `stacvs repro list`")
     if not overwrite:  # refuse before the first item runs, not in the middle of the batch
         for item in items: check_item_dir(Path(out) / item, item_parameters(item, profile, overrides, notebooks))
     from stacvs.reporting import ProgressLines, lines_wanted, item_details
@@ -208,9 +241,6 @@ def collect_results(out: str | Path) -> tuple[list[dict], list[dict]]:
     results = [json.loads(p.read_text()) for p in sorted(out.glob('*/results.json'))]
     failures = [json.loads(p.read_text()) for p in sorted(out.glob('*/failure.json'))]
     return results, failures
-
-def _fmt(v):
-    return '' if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 def report_rows(results: list[dict]) -> list[dict]:
     "One row per compared value: item, key, unit, paper, paper std, measured, difference."

@@ -21,15 +21,19 @@ from .runs import (RunDir, RunOptions, check_number, check_choice, check_device,
                          NonFiniteLossError, check_finite, check_finite_epoch, restart_schedule, check_overridable,
                          evaluate)
 from .reporting import run_reporters
+from .loop import RunLoop, check_callbacks
+from .registry import Registry
 from .distributed import (init_distributed, rank_device, replicate, all_reduce_, all_reduce_grads, batch_share,
                                 any_rank, start_run_dir)
 
 # %% auto #0
-__all__ = ['OPTIMIZATIONS', 'DERIVE_RULES', 'SEARCH_OVERRIDABLE', 'SearchConfig', 'weight_optimizer', 'Search', 'gradients',
-           'search']
+__all__ = ['OPTIMIZATIONS', 'DERIVE_RULES', 'SEARCH_OVERRIDABLE', 'UPDATE_RULES', 'SearchConfig', 'weight_optimizer', 'Search',
+           'UpdateRule', 'register_update_rule', 'get_update_rule', 'OneLevel', 'gradients', 'Bilevel', 'FirstOrder',
+           'SecondOrder', 'search']
 
 # %% ../nbs/08_search.ipynb #1ee56f03
 from .relaxations import RELAXATIONS
+from .spaces import SearchSpace
 from .data import DATASETS
 
 OPTIMIZATIONS = ('bilevel', 'one-level')
@@ -39,8 +43,9 @@ DERIVE_RULES = ('softmax', 'raw')  # see `derive_genotype`
 class SearchConfig(RunOptions):
     "Everything that defines a search run; defaults follow DARTS (reference §3)."
     optimization: str = 'bilevel' # 'bilevel' (DARTS: α on a held-out split) or 'one-level' (StacNAS: α and weights on one batch)
+    update: str | None = None # the update rule by name (`UPDATE_RULES`; None: from optimization and second_order)
     second_order: bool = False # bilevel only: unrolled (second-order) α gradient
-    space: str = 'darts' # a registered search space, or a space JSON file (`space_to_dict`'s format)
+    space: str | SearchSpace = 'darts' # a registered search space, a space JSON file (`space_to_dict`'s format), or a space
     dataset: str = 'cifar10' # the images searched on
     data_root: str | None = None # directory holding the dataset (not needed for digits)
     layers: int | str = 8 # cells; 'auto' only in two-stage methods (depth matched by gradient confusion)
@@ -108,8 +113,9 @@ class SearchConfig(RunOptions):
         check_choice(self.dataset, 'dataset', list(DATASETS))
         check_device(self.device)
         check_out_dir(self.out)
-        try: get_space(self.space)
+        try: space = get_space(self.space)
         except ValueError as e: raise ValueError(f"--space: {e}") from None  # an unknown space, or a bad space file
+        if isinstance(self.space, dict): self.space = space  # a config.json's `space_to_dict` record: the space again
 
     @property
     def bilevel(self) -> bool: return self.optimization == 'bilevel'
@@ -124,8 +130,9 @@ SEARCH_OVERRIDABLE = ('epochs', 'w_lr', 'w_lr_min', 'w_momentum', 'w_weight_deca
                       'a_weight_decay', 'larc_trust', 'hvp_r', 'derive', 'eval_valid', 'max_steps_per_epoch',
                       'checkpoint_every', 'amp')
 
-class Search:
-    "A DARTS-family architecture search: build from a `SearchConfig`, then `run()`."
+class Search(RunLoop):
+    "A DARTS-family architecture search: build from a `SearchConfig`, then `run()` (the loop of `stacvs.loop`)."
+    kind, lr_field = 'search', 'w_lr'
     def __init__(self, config: SearchConfig, callbacks=(), model: Supernet | None = None, loaders=None):
         if not isinstance(config.layers, int):
             raise ValueError(f"layers={config.layers!r} needs a two-stage method (stacnas, stacvs); give a number of cells")
@@ -133,14 +140,15 @@ class Search:
         if config.out: RunDir(config.out).check_start(config.resume, config.overwrite)
         check_overridable(config.override, SEARCH_OVERRIDABLE)
         # after the caller's callbacks: epoch lines, log.csv and (optionally) TensorBoard (`stacvs.reporting`)
-        self.config, self.callbacks = config, [*callbacks, *run_reporters(config, 'search')]
+        self.config, self.callbacks = config, [*check_callbacks(callbacks), *run_reporters(config, 'search')]
+        self.rule = get_update_rule(config)  # one-level, first- or second-order, ... (an object chosen by name)
         self.dist = init_distributed()  # a single process unless started by torchrun
         self.device = rank_device(config.device, self.dist)
         if self.device.type == 'cpu': retain_freed_memory()  # reuse freed activations instead of page-faulting them in
         seed_everything(config.seed)
         self.info = get_dataset_info(config.dataset)
         self.train_loader, self.valid_loader = loaders or search_loaders(
-            config.dataset, config.data_root, config.batch_size, bilevel=config.bilevel,
+            config.dataset, config.data_root, config.batch_size, bilevel=self.rule.needs_valid,
             train_portion=config.train_portion, fraction=config.fraction, seed=config.seed,
             device=self.device, augment=config.augment, shard=self.dist.shard)
         self.model = (model or Supernet(config.channels, self.info.num_classes, config.layers, config.space,
@@ -160,18 +168,19 @@ class Search:
         self.train_iter = ForeverIterator(self.train_loader)
         self.valid_iter = ForeverIterator(self.valid_loader) if self.valid_loader is not None else None
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.should_stop = False  # a callback (e.g. DARTS-ES) sets it to end the search after this epoch
         self.run_dir = RunDir(config.out) if config.out and self.dist.is_main else None  # rank 0 writes
 
 # %% ../nbs/08_search.ipynb #e8e32e27
 @patch
-def loss(self: Search, x, y):
-    "Cross-entropy of the supernet on a batch, and the logits."
+def loss(self: Search, x, y,
+         target: str = 'both'): # what this loss trains: 'weights', 'alpha' or 'both' (told to `on_loss` callbacks)
+    "Cross-entropy of the supernet on a batch (plus what `on_loss` callbacks add), and the logits."
     if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp and self.device.type == 'cuda'):
         logits = self.model(x)
     if logits.dtype in (torch.bfloat16, torch.float16): logits = logits.float()
     loss = F.cross_entropy(logits, y)
+    loss = self.callback('on_loss', loss, target) or loss  # a regularizer is a callback (see stacvs.loop)
     # under torchrun: this rank's share of the global batch's mean loss; the ranks then sum their gradients
     return (loss * batch_share(len(y), self.device) if self.dist.active else loss), logits
 
@@ -180,17 +189,48 @@ def _weight_update(self: Search):
     nn.utils.clip_grad_norm_(self.model.weights(), self.config.w_grad_clip)
     self.w_optimizer.step()
 
-# %% ../nbs/08_search.ipynb #f892bc7f
+class UpdateRule:
+    "How one search step updates weights and α, chosen by name (`UPDATE_RULES`); `step` returns the losses and logits."
+    name, needs_valid = 'base', False # needs_valid: the step reads a batch of the held-out split
+    def step(self, search: Search, x, y, x_valid=None, y_valid=None):
+        "One step; returns (train loss, train logits, valid loss, valid logits), the valid ones None if unused."
+        raise NotImplementedError
+
+UPDATE_RULES = Registry('update rule', "`register_update_rule(MyRule())` (an `UpdateRule` with a `name`)")
+
+def register_update_rule(rule: UpdateRule, overwrite: bool = False) -> UpdateRule:
+    "Make an update rule available by its `name` (`SearchConfig.update`)."
+    return UPDATE_RULES.register(rule.name, rule, overwrite=overwrite)
+
+def get_update_rule(config: SearchConfig) -> UpdateRule:
+    "The config's rule: `update` by name, else one-level, first-order or second-order from the optimization."
+    name = config.update or ('one-level' if not config.bilevel else 'second-order' if config.second_order
+                             else 'first-order')
+    try: rule = UPDATE_RULES.get(name)
+    except ValueError as e: raise ValueError(f"--update: {e}") from None
+    if rule.needs_valid != config.bilevel:
+        raise ValueError(f"--update {name} needs --optimization {'bilevel' if rule.needs_valid else 'one-level'}")
+    return rule
+
 @patch
-def one_level_step(self: Search, x, y):
+def step(self: Search, x, y, x_valid=None, y_valid=None):
+    "One step of the config's update rule: (train loss, train logits, valid loss, valid logits)."
+    return self.rule.step(self, x, y, x_valid, y_valid)
+
+# %% ../nbs/08_search.ipynb #f892bc7f
+class OneLevel(UpdateRule):
     "Joint step of weights and α on one training batch."
-    self.w_optimizer.zero_grad(set_to_none=True); self.a_optimizer.zero_grad(set_to_none=True)
-    loss, logits = self.loss(x, y)
-    loss.backward()
-    all_reduce_grads(self.model.parameters())  # α and weights alike (no-op in a single process)
-    self._weight_update()
-    self.a_optimizer.step()
-    return loss.detach(), logits.detach()
+    name = 'one-level'
+    def step(self, s: Search, x, y, x_valid=None, y_valid=None):
+        s.w_optimizer.zero_grad(set_to_none=True); s.a_optimizer.zero_grad(set_to_none=True)
+        loss, logits = s.loss(x, y, 'both')
+        loss.backward()
+        all_reduce_grads(s.model.parameters())  # α and weights alike (no-op in a single process)
+        s._weight_update()
+        s.a_optimizer.step()
+        return loss.detach(), logits.detach(), None, None
+
+register_update_rule(OneLevel())
 
 # %% ../nbs/08_search.ipynb #498dac49
 def gradients(loss, params):
@@ -201,24 +241,32 @@ def gradients(loss, params):
 @patch
 def first_order_alpha_grad(self: Search, x_valid, y_valid):
     "∇α L_val(w, α); returns the valid loss and logits."
-    loss, logits = self.loss(x_valid, y_valid)
+    loss, logits = self.loss(x_valid, y_valid, 'alpha')
     grads = all_reduce_(gradients(loss, self.model.alphas()))
     return grads, loss.detach(), logits.detach()
 
-@patch
-def bilevel_step(self: Search, x, y, x_valid, y_valid):
-    "An α step on the valid batch (first or second order), then a weight step on the train batch."
-    self.a_optimizer.zero_grad(set_to_none=True)
-    alpha_grad = self.second_order_alpha_grad if self.config.second_order else self.first_order_alpha_grad
-    grads, valid_loss, valid_logits = alpha_grad(x_valid, y_valid, *((x, y) if self.config.second_order else ()))
-    for a, g in zip(self.model.alphas(), grads): a.grad = g
-    self.a_optimizer.step()
-    self.w_optimizer.zero_grad(set_to_none=True)
-    loss, logits = self.loss(x, y)
-    torch.autograd.backward(loss, inputs=self.model.weights())
-    all_reduce_grads(self.model.weights())
-    self._weight_update()
-    return loss.detach(), logits.detach(), valid_loss, valid_logits
+class Bilevel(UpdateRule):
+    "An α step on the valid batch (`alpha_grad`: first or second order), then a weight step on the train batch."
+    needs_valid = True
+    def alpha_grad(self, s: Search, x, y, x_valid, y_valid): raise NotImplementedError
+    def step(self, s: Search, x, y, x_valid=None, y_valid=None):
+        s.a_optimizer.zero_grad(set_to_none=True)
+        grads, valid_loss, valid_logits = self.alpha_grad(s, x, y, x_valid, y_valid)
+        for a, g in zip(s.model.alphas(), grads): a.grad = g
+        s.a_optimizer.step()
+        s.w_optimizer.zero_grad(set_to_none=True)
+        loss, logits = s.loss(x, y, 'weights')
+        torch.autograd.backward(loss, inputs=s.model.weights())
+        all_reduce_grads(s.model.weights())
+        s._weight_update()
+        return loss.detach(), logits.detach(), valid_loss, valid_logits
+
+class FirstOrder(Bilevel):
+    "DARTS first order: ∇α L_val at the current weights."
+    name = 'first-order'
+    def alpha_grad(self, s, x, y, x_valid, y_valid): return s.first_order_alpha_grad(x_valid, y_valid)
+
+register_update_rule(FirstOrder())
 
 # %% ../nbs/08_search.ipynb #639c51a7
 @torch.no_grad()
@@ -234,14 +282,14 @@ def second_order_alpha_grad(self: Search, x_valid, y_valid, x, y):
     group = opt.param_groups[0]
     eta, momentum, wd = group['lr'], group['momentum'], group['weight_decay']
     w0 = [p.detach().clone() for p in weights]
-    train_grads = all_reduce_(gradients(self.loss(x, y)[0], weights))
+    train_grads = all_reduce_(gradients(self.loss(x, y, 'weights')[0], weights))
     with torch.no_grad():
         unrolled = []
         for param, p, g in zip(weights, w0, train_grads):
             buf = opt.state.get(param, {}).get('momentum_buffer')
             unrolled.append(p - eta * (g + wd * p + (momentum * buf if buf is not None else 0.)))
     _set_params(weights, unrolled)
-    valid_loss, valid_logits = self.loss(x_valid, y_valid)
+    valid_loss, valid_logits = self.loss(x_valid, y_valid, 'alpha')
     grads = all_reduce_(gradients(valid_loss, alphas + weights))
     alpha_grads, v = grads[:len(alphas)], grads[len(alphas):]
     hvp = self.hessian_vector_product(w0, v, x, y)
@@ -254,10 +302,17 @@ def hessian_vector_product(self: Search, w, v, x, y):
     weights, alphas = self.model.weights(), self.model.alphas()
     R = self.config.hvp_r / torch.sqrt(sum((t.float() ** 2).sum() for t in v))
     _set_params(weights, w, R, v)
-    grads_pos = all_reduce_(gradients(self.loss(x, y)[0], alphas))
+    grads_pos = all_reduce_(gradients(self.loss(x, y, 'weights')[0], alphas))
     _set_params(weights, w, -R, v)
-    grads_neg = all_reduce_(gradients(self.loss(x, y)[0], alphas))
+    grads_neg = all_reduce_(gradients(self.loss(x, y, 'weights')[0], alphas))
     return [(gp - gn) / (2 * R) for gp, gn in zip(grads_pos, grads_neg)]
+
+class SecondOrder(Bilevel):
+    "DARTS second order: ∇α L_val at the unrolled weights, minus η times the finite-difference Hessian-vector product."
+    name = 'second-order'
+    def alpha_grad(self, s, x, y, x_valid, y_valid): return s.second_order_alpha_grad(x_valid, y_valid, x, y)
+
+register_update_rule(SecondOrder())
 
 # %% ../nbs/08_search.ipynb #39232c35
 @patch
@@ -304,10 +359,6 @@ def load_state_dict(self: Search, state: dict):
     set_rng_state(state['rng'])
 
 @patch
-def save_checkpoint(self: Search):
-    if self.run_dir: self.run_dir.save_checkpoint(self.state_dict())
-
-@patch
 def apply_hyperparameters(self: Search):
     "Put the config's optimizer settings and schedule into the loaded optimizers (after a resume with `override`)."
     c = self.config
@@ -315,13 +366,6 @@ def apply_hyperparameters(self: Search):
     for group in self.a_optimizer.param_groups: group.update(lr=c.a_lr, betas=tuple(c.a_betas), weight_decay=c.a_weight_decay)
     if c.larc: self.w_optimizer.trust_coefficient = c.larc_trust
     restart_schedule(self.scheduler, c.w_lr, eta_min=c.w_lr_min, T_max=c.epochs)
-
-@patch
-def divergence_advice(self: Search) -> str:
-    "How to continue a diverged search: its last checkpoint with half the weight learning rate."
-    lr, out = f"{self.config.w_lr / 2:g}", self.config.out or 'OUT'
-    return (f"Resume it with a lower learning rate: stacvs search --out {out} --resume --override w_lr={lr} "
-            f"(Python: resume=True, override=('w_lr',), w_lr={lr}).")
 
 # %% ../nbs/08_search.ipynb #3eb0ed94
 def _accuracy(logits, y): return (logits.argmax(1) == y).sum()
@@ -337,21 +381,19 @@ def train_epoch(self: Search) -> dict:
                    disable=c.quiet or not (c.progress and self.dist.is_main), leave=False)
     for _ in bar:
         x, y = next(self.train_iter)
-        if c.bilevel:
-            xv, yv = next(self.valid_iter)
-            loss, logits, vloss, vlogits = self.bilevel_step(x, y, xv, yv)
-            sums[3] += _loss_sum(vlogits, yv); sums[4] += _accuracy(vlogits, yv)
-        else: loss, logits = self.one_level_step(x, y)
+        xv, yv = next(self.valid_iter) if self.rule.needs_valid else (None, None)
+        loss, logits, vloss, vlogits = self.step(x, y, xv, yv)
+        if vlogits is not None: sums[3] += _loss_sum(vlogits, yv); sums[4] += _accuracy(vlogits, yv)
         check_finite(loss, f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}", self.divergence_advice())
         sums[0] += _loss_sum(logits, y); sums[1] += _accuracy(logits, y); sums[2] += len(y)
         self.step_in_epoch += 1; self.global_step += 1
-        for cb in self.callbacks: getattr(cb, 'on_step_end', lambda s: None)(self)
+        self.callback('on_step_end')
         if c.checkpoint_every and self.step_in_epoch % c.checkpoint_every == 0 and self.step_in_epoch < steps:
             self.save_checkpoint()
     all_reduce_([sums])  # under torchrun: the whole global batch's sums
     n = sums[2].clamp(min=1).item()
     stats = dict(train_loss=sums[0].item() / n, train_acc=sums[1].item() / n)
-    if c.bilevel: stats.update(valid_batch_loss=sums[3].item() / n, valid_batch_acc=sums[4].item() / n)
+    if self.rule.needs_valid: stats.update(valid_batch_loss=sums[3].item() / n, valid_batch_acc=sums[4].item() / n)
     return stats
 
 # %% ../nbs/08_search.ipynb #1dc9e240
@@ -360,7 +402,7 @@ def epoch_record(self: Search, stats: dict, seconds: float) -> dict:
     "The log line of the epoch just finished."
     c, genotype = self.config, self.genotype()
     record = dict(epoch=self.epoch, seconds=seconds, **stats)
-    if c.bilevel and c.eval_valid:
+    if self.rule.needs_valid and c.eval_valid:
         # a separate unshuffled, unaugmented loader: evaluation must not consume the α step's valid stream
         valid = evaluate(self.model, self.valid_loader.eval_loader(), self.device, c.amp, c.max_steps_per_epoch,
                          self.channels_last)
@@ -377,39 +419,13 @@ def config_record(self: Search) -> dict:
 
 
 @patch
-def _start(self: Search):
-    "Write the config (refusing to replace an earlier run), or with `resume` continue from its checkpoint."
-    c, rd = self.config, self.run_dir
-    if not c.out: return
-    # rank 0 writes; under torchrun all ranks get its checkpoint
-    state = start_run_dir(rd, c.out, self.config_record(), c.resume, c.overwrite, c.override)
-    if state is not None:
-        self.load_state_dict(state)
-        if c.override: self.apply_hyperparameters()  # a deliberate change on resume, e.g. a lower learning rate
-        if rd: rd.truncate_log(self.epoch + 1)  # records are numbered from 1; keep the finished epochs
-
-@patch
-def run(self: Search) -> dict:
-    "Search for `config.epochs` epochs (continuing a checkpoint with `resume`); returns the result."
-    c, rd = self.config, self.run_dir
-    if c.out and c.resume and RunDir(c.out).state == 'finished':  # nothing left to do
-        return RunDir(c.out).finished_result(self.config_record(), c.override)
-    self._start()
-    t0 = time.time()
-    for cb in self.callbacks: getattr(cb, 'on_search_start', lambda s: None)(self)
-    while self.epoch < c.epochs:
-        start, lr = time.time(), self.scheduler.get_last_lr()[0]
-        stats = dict(lr=lr, **self.train_epoch())
-        self.scheduler.step()
-        self.epoch += 1; self.step_in_epoch = 0
-        record = self.epoch_record(stats, time.time() - start)
-        if rd: rd.log(record)
-        # the checkpoint below must hold finite losses and weights: stop before writing a broken one
-        check_finite_epoch(record, self.model.parameters(), f"epoch {self.epoch}", self.divergence_advice())
-        for cb in self.callbacks: getattr(cb, 'on_epoch_end', lambda s, r: None)(self, record)
-        self.save_checkpoint()
-        if any_rank(self.should_stop, self.device): break  # under torchrun all ranks stop together
-    return self.finish(time.time() - t0)
+def run_epoch(self: Search) -> dict:
+    "Train the rest of the current epoch and step the schedule; the epoch's log record (the loop is `RunLoop.run`)."
+    start, lr = time.time(), self.scheduler.get_last_lr()[0]
+    stats = dict(lr=lr, **self.train_epoch())
+    self.scheduler.step()
+    self.epoch += 1; self.step_in_epoch = 0
+    return self.epoch_record(stats, time.time() - start)
 
 @patch
 def finish(self: Search, seconds: float) -> dict:
@@ -422,7 +438,7 @@ def finish(self: Search, seconds: float) -> dict:
                   supernet_params=sum(p.numel() for p in self.model.weights()),
                   seconds_this_session=seconds, **self.alpha_record())
     # callbacks first: an instrument may add to the result (e.g. DARTS-PT's genotype) before it is written
-    for cb in self.callbacks: getattr(cb, 'on_search_end', lambda s, r: None)(self, result)
+    self.callback('on_end', result)
     if rd:
         last = rd.read_log()
         if last: result['final'] = {k: v for k, v in last[-1].items() if isinstance(v, (int, float))}

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from .ops import check_op_name
+from .registry import Registry
 
 # %% auto #0
 __all__ = ['DARTS_OPS', 'SPACES', 'edge_inputs', 'num_edges', 'SearchSpace', 'space_to_dict', 'space_from_dict',
@@ -123,15 +124,12 @@ _S1_REDUCE = [('max_pool_3x3', 'avg_pool_3x3'), ('max_pool_3x3', 'dil_conv_3x3')
               ('max_pool_3x3', 'avg_pool_3x3'), ('max_pool_3x3', 'avg_pool_3x3'), ('skip_connect', 'dil_conv_5x5'),
               ('skip_connect', 'dil_conv_5x5'), ('skip_connect', 'dil_conv_5x5')]
 
-SPACES: dict[str, SearchSpace] = {}
+SPACES = Registry('search space', "`register_space(SearchSpace({name!r}, normal, reduce))`, or give a JSON file "
+                                  "in space_to_dict's format")
 
 def register_space(space: SearchSpace, *aliases: str, overwrite: bool = False) -> SearchSpace:
     "Make `space` available by its name (and `aliases`) to `get_space`, the CLI and configs."
-    for key in (space.name, *aliases):
-        if key in SPACES and not overwrite:
-            raise ValueError(f"a search space named {key!r} exists already; pass overwrite=True to replace it")
-        SPACES[key] = space
-    return space
+    return SPACES.register(space.name, space, aliases=aliases, overwrite=overwrite)
 
 register_space(SearchSpace.uniform('darts', DARTS_OPS), 's5')
 register_space(SearchSpace.uniform('darts_sep7', [o if o != 'avg_pool_3x3' else 'sep_conv_7x7' for o in DARTS_OPS]))
@@ -144,10 +142,9 @@ register_space(SearchSpace.uniform('s2', ('skip_connect', 'sep_conv_3x3')))
 register_space(SearchSpace.uniform('s3', ('none', 'skip_connect', 'sep_conv_3x3')))
 register_space(SearchSpace.uniform('s4', ('noise', 'sep_conv_3x3')))
 
-def get_space(space) -> SearchSpace: # a registered name, a path to a space JSON file, or a `SearchSpace`
-    "A registered space by name, or the space a JSON file defines (a `SearchSpace` passes through)."
+def get_space(space) -> SearchSpace: # a registered name, a space JSON file, a `space_to_dict` dict, or a `SearchSpace`
+    "A registered space by name, or the space a JSON file or dict defines (a `SearchSpace` passes through)."
     if isinstance(space, SearchSpace): return space
-    if space in SPACES: return SPACES[space]
-    if str(space).endswith('.json') or Path(space).is_file(): return space_from_file(space)
-    raise ValueError(f"unknown search space {space!r}; known spaces: {sorted(SPACES)}, or a JSON file in "
-                     "space_to_dict's format. Build a SearchSpace and pass it to register_space to add one.")
+    if isinstance(space, dict): return space_from_dict(space)  # e.g. a config.json's `space`
+    if space not in SPACES and (str(space).endswith('.json') or Path(space).is_file()): return space_from_file(space)
+    return SPACES.get(space)

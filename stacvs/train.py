@@ -21,6 +21,7 @@ from .runs import (RunDir, RunOptions, check_number, check_choice, check_device,
                          seed_everything, get_rng_state, set_rng_state, to_jsonable, progress, check_finite,
                          check_finite_epoch, check_overridable, restart_schedule, evaluate)
 from .reporting import run_reporters
+from .loop import RunLoop, check_callbacks
 from .distributed import init_distributed, rank_device, replicate, all_reduce_, batch_share, start_run_dir
 
 # %% auto #0
@@ -178,14 +179,15 @@ def make_scheduler(optimizer, config: TrainConfig):
 TRAIN_OVERRIDABLE = ('epochs', 'lr', 'lr_min', 'lr_gamma', 'momentum', 'weight_decay', 'grad_clip', 'auxiliary_weight',
                      'drop_path_prob', 'label_smoothing', 'max_steps_per_epoch', 'amp')
 
-class Trainer:
-    "Trains a final network from a `TrainConfig`; `run()` does the work."
+class Trainer(RunLoop):
+    "Trains a final network from a `TrainConfig`; `run()` does the work (the loop of `stacvs.loop`)."
+    kind = 'train'
     def __init__(self, config: TrainConfig, callbacks=(), model: nn.Module | None = None, loaders=None):
         # a run already in `out` is refused before any data is loaded or file written (unless resumed or overwritten)
         if config.out: RunDir(config.out).check_start(config.resume, config.overwrite)
         check_overridable(config.override, TRAIN_OVERRIDABLE)
         # after the caller's callbacks: epoch lines, log.csv and (optionally) TensorBoard (`stacvs.reporting`)
-        self.config, self.callbacks = config, [*callbacks, *run_reporters(config, 'train')]
+        self.config, self.callbacks = config, [*check_callbacks(callbacks), *run_reporters(config, 'train')]
         c = config
         self.dist = init_distributed()  # a single process unless started by torchrun
         self.device = rank_device(c.device, self.dist)
@@ -213,8 +215,6 @@ class Trainer:
         self.best = dict(test_acc=-1.0, epoch=None)
         self.run_dir = RunDir(c.out) if c.out and self.dist.is_main else None  # rank 0 writes
 
-    def _callback(self, name, *args):
-        for cb in self.callbacks: getattr(cb, name, lambda *a: None)(self, *args)
 
 # %% ../nbs/09_train.ipynb #7f84441b
 @patch
@@ -236,6 +236,7 @@ def train_step(self: Trainer, x, y) -> torch.Tensor:
     with self._autocast(): logits, logits_aux = self.forward_model(x)
     loss = self.criterion(logits.float(), y)
     if logits_aux is not None: loss = loss + c.auxiliary_weight * self.criterion(logits_aux.float(), y)
+    loss = self.callback('on_loss', loss, 'weights') or loss  # a regularizer is a callback (see stacvs.loop)
     self.optimizer.zero_grad(set_to_none=True)
     # torchrun: DDP averages over ranks, so each rank back-propagates world_size × its share of the global mean loss
     scale = batch_share(len(y), self.device) * self.dist.world_size if self.dist.active else 1.0
@@ -256,7 +257,7 @@ def train_epoch(self: Trainer) -> dict:
                        disable=c.quiet or not (c.progress and self.dist.is_main))
     for x, y in batches:
         sums += torch.cat([self.train_step(x, y), sums.new_tensor([len(y)])])
-        self._callback('on_step_end')
+        self.callback('on_step_end')
     all_reduce_([sums])  # under torchrun: over the whole global batch
     loss, correct = (sums[:2] / sums[2].clamp(min=1)).tolist()
     check_finite(loss, f"epoch {self.epoch + 1}", self.divergence_advice())
@@ -300,13 +301,6 @@ def apply_hyperparameters(self: Trainer):
     if c.schedule == 'cosine': restart_schedule(self.scheduler, c.lr, eta_min=c.lr_min, T_max=max(c.epochs, 1))
     else: restart_schedule(self.scheduler, c.lr, gamma=c.lr_gamma)
 
-@patch
-def divergence_advice(self: Trainer) -> str:
-    "How to continue a diverged training: its last checkpoint with half the learning rate."
-    lr, out = f"{self.config.lr / 2:g}", self.config.out or 'OUT'
-    return (f"Resume it with a lower learning rate: stacvs train --out {out} --resume --override lr={lr} "
-            f"(Python: resume=True, override=('lr',), lr={lr}).")
-
 # %% ../nbs/09_train.ipynb #de62ca92
 @patch
 def config_record(self: Trainer) -> dict:
@@ -315,41 +309,19 @@ def config_record(self: Trainer) -> dict:
                 params=count_parameters(self.model))
 
 @patch
-def _start(self: Trainer):
-    if not self.config.out: return
-    c = self.config
-    state = start_run_dir(self.run_dir, c.out, self.config_record(), c.resume, c.overwrite, c.override)
-    if state is not None:
-        self.load_state_dict(state)
-        if c.override: self.apply_hyperparameters()  # a deliberate change on resume, e.g. a lower learning rate
-        if self.run_dir: self.run_dir.truncate_log(self.epoch + 1)  # records are numbered from 1; keep those epochs
+def run_epoch(self: Trainer) -> dict:
+    "Train an epoch, test, step the schedule; the epoch's log record (the loop is `RunLoop.run`)."
+    start, lr = time.time(), self.optimizer.param_groups[0]['lr']
+    stats = self.train_epoch()
+    test = self.evaluate_test()
+    self.scheduler.step(); self.epoch += 1
+    seconds = time.time() - start; self.seconds += seconds
+    record = dict(epoch=self.epoch, lr=lr, drop_path_prob=self.model.drop_path_prob, **stats,
+                  test_loss=test['loss'], test_acc=test['acc'], test_acc5=test['acc5'], seconds=seconds)
+    if test['acc'] > self.best['test_acc']: self.best = dict(test_acc=test['acc'], epoch=self.epoch)
+    self.last_record = record
+    return record
 
-@patch
-def run(self: Trainer) -> dict:
-    "Train for `config.epochs` epochs (continuing a checkpoint with `resume`); returns the result."
-    c, rd = self.config, self.run_dir
-    if c.out and c.resume and RunDir(c.out).state == 'finished':  # nothing left to do
-        return RunDir(c.out).finished_result(self.config_record(), c.override)
-    self._start()
-    session_start = time.time()
-    self._callback('on_train_start')
-    bars = not c.quiet and c.progress and self.dist.is_main
-    for _ in progress(range(self.epoch, c.epochs), desc='train', disable=not bars):
-        start, lr = time.time(), self.optimizer.param_groups[0]['lr']
-        stats = self.train_epoch()
-        test = self.evaluate_test()
-        self.scheduler.step(); self.epoch += 1
-        seconds = time.time() - start; self.seconds += seconds
-        record = dict(epoch=self.epoch, lr=lr, drop_path_prob=self.model.drop_path_prob, **stats,
-                      test_loss=test['loss'], test_acc=test['acc'], test_acc5=test['acc5'], seconds=seconds)
-        if test['acc'] > self.best['test_acc']: self.best = dict(test_acc=test['acc'], epoch=self.epoch)
-        self.last_record = record
-        if rd: rd.log(record)
-        # the checkpoint must hold finite losses and weights: stop before writing a broken one
-        check_finite_epoch(record, self.model.parameters(), f"epoch {self.epoch}", self.divergence_advice())
-        if rd: rd.save_checkpoint(self.state_dict())
-        self._callback('on_epoch_end', record)
-    return self.finish(time.time() - session_start)
 
 # %% ../nbs/09_train.ipynb #11d73063
 BEST_NOTE = ("best_test_acc is the maximum over epochs of the test accuracy, as the official StacNAS evaluation "
@@ -367,10 +339,10 @@ def finish(self: Trainer, seconds: float) -> dict:
                   best_epoch=self.best['epoch'], best_note=BEST_NOTE, params=params, params_m=params / 1e6,
                   seconds=self.seconds, seconds_this_session=seconds,
                   amp=c.amp and self.device.type == 'cuda', device=str(self.device))
+    self.callback('on_end', result)  # callbacks first: they may add to the result before it is written
     if rd:
         save_genotype_diagrams(self.genotype, self.model, rd.path / 'figures')
         rd.write_result(result)
-    self._callback('on_train_end', result)
     return result
 
 def train(config: TrainConfig | None = None, callbacks=(), **overrides) -> dict:

@@ -20,8 +20,7 @@ def _trajectory(config, plain: bool, steps: int = 3):
     with straightforward(s) if plain else torch.enable_grad():
         for _ in range(steps):
             (x, y), (xv, yv) = next(train), next(valid)
-            if config.bilevel: s.bilevel_step(x.double(), y, xv.double(), yv)
-            else: s.one_level_step(x.double(), y)
+            s.step(x.double(), y, *((xv.double(), yv) if s.rule.needs_valid else ()))
     return [p.detach().clone() for p in s.model.alphas() + s.model.weights()]
 
 

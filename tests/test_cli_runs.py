@@ -133,7 +133,7 @@ def test_train_resumes_from_its_directory_and_refuses_to_replace_a_result(tmp_pa
                          fraction=0.2, max_steps_per_epoch=2, progress=False, out=str(cut))
 
     class KillAfterEpoch1:
-        def on_epoch_end(self, trainer, record):
+        def on_checkpoint(self, trainer):
             if trainer.epoch == 1: raise Killed
     with pytest.raises(Killed): Trainer(config, [KillAfterEpoch1()]).run()
     main(['train', '--out', str(cut), '--resume', '--override', 'lr=0.01', '--quiet'])

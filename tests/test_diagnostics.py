@@ -32,7 +32,7 @@ def _same_state(a: dict, b: dict) -> bool:
 
 class DirectGradNorms:
     "Reference for SepConvGradNorm: the norm of .grad of sep_conv_3x3 on every edge, per cell, at each step end."
-    def on_search_start(self, search): self.steps, self.epochs = [], []
+    def on_start(self, search): self.steps, self.epochs = [], []
     def on_step_end(self, search):
         per = {}
         for c, cell in enumerate(search.model.cells):
@@ -104,7 +104,7 @@ def test_node_norm_outputs_have_zero_mean_unit_variance():
     for o in outs:
         torch.testing.assert_close(o.mean((0, 2, 3)), torch.zeros(o.shape[1]), atol=1e-5, rtol=0)
         torch.testing.assert_close(o.var((0, 2, 3), unbiased=False), torch.ones(o.shape[1]), atol=1e-2, rtol=0)
-    nv = NodeVariance(); fake = _fake(model); nv.on_search_start(fake)
+    nv = NodeVariance(); fake = _fake(model); nv.on_start(fake)
     model(torch.randn(16, 1, 8, 8)); nv.on_epoch_end(fake, dict(epoch=1)); nv.remove_hooks()
     np.testing.assert_allclose(nv.history[0]['variance'], 1.0, atol=1e-2)
 

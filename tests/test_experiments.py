@@ -283,7 +283,7 @@ class Killed(Exception): pass
 
 class KillAfterEpoch:
     def __init__(self, epoch): self.epoch = epoch
-    def on_epoch_end(self, trainer, record):
+    def on_checkpoint(self, trainer):  # after the epoch's checkpoint
         if trainer.epoch == self.epoch: raise Killed
 
 

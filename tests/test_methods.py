@@ -32,7 +32,9 @@ def test_stacnas_pipeline_outputs_and_stage_spaces(tmp_path):
     names = {p.name for p in tmp_path.iterdir()}
     assert {'grouping', 'stage1', 'stage2', 'result.json', 'normal.png', 'reduce.png'} <= names
     assert (tmp_path / 'grouping' / 'correlation_paper.png').exists()  # the published matrix the groups come from
-    assert get_space(r['stage1_space']['name']).normal == get_space('stacnas_stage1').normal
+    assert get_space(r['stage1_space']).normal == get_space('stacnas_stage1').normal  # the recorded space itself
+    stage1_config = json.loads((tmp_path / 'stage1' / 'config.json').read_text())  # alone rebuilds the stage's space
+    assert get_space(stage1_config['space']) == get_space(r['stage1_space']) and stage1_config['space']['name'] == 'stage1'
     for t in ('normal', 'reduce'):  # stage 2: exactly `none` + the members of the group that won the edge
         for ops, won in zip(r['stage2_space'][t], r['winning_groups'][t]):
             assert sorted(ops) == sorted(['none', *won])

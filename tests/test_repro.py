@@ -2,10 +2,10 @@
 import json, os, subprocess, sys
 from pathlib import Path
 import pytest
-from stacvs.repro import run_batch, run_item, default_notebook_dir, repro_items, write_report, ReproRun
+from stacvs.repro import run_batch, run_item, default_notebook_dir, repro_items, write_report, ReproRun, read_item
 from stacvs.cli import main
 
-NOTEBOOKS = sorted(p.stem for p in default_notebook_dir().glob('*.ipynb'))
+NOTEBOOKS = list(repro_items())  # every item with a data file nbs/repro/<item>.yaml
 
 
 @pytest.fixture(scope='module')
@@ -15,10 +15,23 @@ def smoke_batch(tmp_path_factory):
 
 
 def test_every_notebook_is_a_known_item_with_three_profiles():
-    assert NOTEBOOKS and set(NOTEBOOKS) <= set(repro_items())
+    "An item is two files: its notebook and its data file (with the three profiles), and nothing else names it."
+    assert NOTEBOOKS and set(NOTEBOOKS) == {p.stem for p in default_notebook_dir().glob('*.ipynb')}
     for item in NOTEBOOKS:
         for profile in ('smoke', 'quick', 'paper'):
-            assert (default_notebook_dir() / 'profiles' / profile / f'{item}.yaml').exists(), (item, profile)
+            assert profile in read_item(item)['profiles'], (item, profile)
+
+
+def test_cli_repro_params_writes_the_file_papermill_takes(tmp_path, capsys):
+    "`stacvs repro params ITEM --profile P` prints the parameters `papermill -f` reads; a bad item is one line, rc 2."
+    assert main(['repro', 'params', 'stacnas_table6', '--profile', 'quick', '--seeds', '0', '1']) == dict(
+        dataset='cifar10', data_root='/data', epochs=20, layers=8, channels=16, batch_size=64, max_steps_per_epoch=None,
+        samples=10000, device='cuda', seeds=[0, 1], profile='quick')
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == 'dataset: cifar10' and out.splitlines()[-1] == 'profile: quick'
+    with pytest.raises(SystemExit) as e: main(['repro', 'params', 'table99'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "unknown reproduction item 'table99'" in err
 
 
 def test_smoke_batch_completes_every_notebook_and_writes_the_report(smoke_batch):
