@@ -15,9 +15,9 @@ from .spaces import SearchSpace, get_space, edge_inputs
 from .relaxations import get_relaxation
 
 # %% auto #0
-__all__ = ['CELL_TYPES', 'GENOTYPES', 'Genotype', 'validate_genotype', 'make_genotype', 'genotype_to_dict', 'genotype_from_dict',
-           'genotype_to_json', 'genotype_from_json', 'genotype_from_string', 'derive_cell', 'derive_genotype',
-           'get_genotype', 'count_ops', 'plot_cell', 'save_cell_diagrams']
+__all__ = ['CELL_TYPES', 'DERIVE_RULES', 'GENOTYPES', 'Genotype', 'validate_genotype', 'make_genotype', 'genotype_to_dict',
+           'genotype_from_dict', 'genotype_to_json', 'genotype_from_json', 'genotype_from_string', 'derive_cell',
+           'derive_genotype', 'get_genotype', 'count_ops', 'plot_cell', 'save_cell_diagrams']
 
 # %% ../nbs/04_genotypes.ipynb #a8632489
 class Genotype(NamedTuple):
@@ -97,22 +97,26 @@ def genotype_from_string(text: str) -> Genotype:
     return genotype_from_dict(kwargs)
 
 # %% ../nbs/04_genotypes.ipynb #0fa79944
+DERIVE_RULES = ('softmax', 'margin', 'raw') # how edges are ranked: see the text above
+
 def _best_op(alpha_edge, ops, rule, relaxation):
     "(score, op) of an edge's best non-`none` op; (-inf, None) if it offers only `none`."
-    scores = relaxation.selection_weights(alpha_edge) if rule == 'softmax' else alpha_edge
+    scores = alpha_edge if rule == 'raw' else relaxation.selection_weights(alpha_edge)
     candidates = [i for i, op in enumerate(ops) if op != 'none']
     if not candidates: return float('-inf'), None
     best = max(candidates, key=lambda i: scores[i].item())  # the first of equal maxima, as DARTS's strict `>`
-    return scores[best].item(), ops[best]
+    score, n = scores[best].item(), len(ops)
+    if rule == 'margin': score = (score - 1 / n) / (1 - 1 / n) if n > 1 else 0.0  # 0: indifferent, 1: certain
+    return score, ops[best]
 
 def derive_cell(alpha: torch.Tensor, # (n_edges, max_ops); edge e's entries are its first len(edges[e])
                 edges, # per-edge op names of this cell type, `space.edges(cell_type)`
                 nodes: int = 4, # intermediate nodes of the cell
-                rule: str = 'softmax', # 'softmax' (DARTS) or 'raw' (StacNAS code)
+                rule: str = 'softmax', # 'softmax' (DARTS), 'margin' (StacNAS's stage 2) or 'raw' (StacNAS code)
                 relaxation='softmax', # name or `Relaxation` whose `selection_weights` rank ops
                 k: int = 2) -> tuple: # edges kept per node
     "The (op, input) pairs of one cell derived from its α, `k` per node, best edge first."
-    if rule not in ('softmax', 'raw'): raise ValueError(f"unknown derivation rule {rule!r}; use 'softmax' or 'raw'")
+    if rule not in DERIVE_RULES: raise ValueError(f"unknown derivation rule {rule!r}; use one of {DERIVE_RULES}")
     inputs, width = edge_inputs(nodes), max(len(ops) for ops in edges)
     if alpha.dim() != 2 or alpha.shape[0] != len(inputs) or alpha.shape[1] < width or len(edges) != len(inputs):
         raise ValueError(f"α of shape {tuple(alpha.shape)} and {len(edges)} edge lists do not fit a cell with {nodes} "
@@ -130,8 +134,8 @@ def derive_cell(alpha: torch.Tensor, # (n_edges, max_ops); edge e's entries are 
 def derive_genotype(alpha_normal: torch.Tensor, # α of the normal cell, (n_edges, max_ops)
                     alpha_reduce: torch.Tensor, # α of the reduction cell
                     space: str | SearchSpace, # the space α was searched in (name or `SearchSpace`)
-                    rule: str = 'softmax', # 'softmax' ranks by selection weights (DARTS), 'raw' by α (StacNAS code)
-                    relaxation='softmax', # the relaxation's `selection_weights` rank ops under rule 'softmax'
+                    rule: str = 'softmax', # 'softmax' (DARTS), 'margin' (stages of unequal width) or 'raw' (StacNAS code)
+                    relaxation='softmax', # the relaxation's `selection_weights` rank ops ('softmax', 'margin')
                     k: int = 2) -> Genotype: # edges kept per node (a `Genotype` has two)
     "The genotype of a search space's α (DARTS `genotype()`), ranked by selection weights or raw α."
     if k != 2: raise ValueError(f"k={k}: a Genotype keeps exactly two inputs per node; use derive_cell for other k")

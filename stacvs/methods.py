@@ -49,13 +49,14 @@ def method_pipeline(method: str) -> str:
 
 # DARTS (reference §3): the SearchConfig defaults
 register_method('darts', dict(optimization='bilevel'))
-# StacNAS (reference §4): one-level on all images, 80 epochs per stage, stage 1 with 14 cells
-register_method('stacnas', dict(optimization='one-level', epochs=80, layers=14, derive='softmax'), 'two-stage')
+# StacNAS (reference §4): one-level on all images, 80 epochs per stage, stage 1 with 14 cells; edges of unequal
+# width in stage 2 ranked by margin over indifference (`derive_genotype`; the official code: --derive raw)
+register_method('stacnas', dict(optimization='one-level', epochs=80, layers=14, derive='margin'), 'two-stage')
 # VS-DARTS code (reference §5): first-order bilevel, batch 96, stem multiplier 1, search wd 5e-3
 register_method('vsdarts', dict(optimization='bilevel', node_norm=True, larc=True, relaxation='sqrt', batch_size=96,
                                 stem_multiplier=1, w_weight_decay=5e-3))
 # beyond both papers: StacNAS's stages and schedule with VS-DARTS's switches and optimizer settings
-register_method('stacvs', dict(optimization='one-level', epochs=80, layers=14, node_norm=True, larc=True,
+register_method('stacvs', dict(optimization='one-level', epochs=80, layers=14, derive='margin', node_norm=True, larc=True,
                                relaxation='sqrt', w_weight_decay=5e-3), 'two-stage')
 
 # %% ../nbs/12_methods.ipynb #7f176b50

@@ -16,7 +16,7 @@ from .spaces import get_space, space_to_dict
 from .cells import Supernet, CELL_TYPES
 from .larc import LARC
 from .fastconv import prefer_channels_last, retain_freed_memory
-from .genotypes import derive_genotype, genotype_to_dict, save_cell_diagrams
+from .genotypes import DERIVE_RULES, derive_genotype, genotype_to_dict, save_cell_diagrams
 from .data import search_loaders, get_dataset_info, ForeverIterator
 from .runs import (RunDir, RunOptions, check_number, check_choice, check_device, check_out_dir,
                          seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
@@ -29,9 +29,9 @@ from .distributed import (init_distributed, rank_device, replicate, all_reduce_,
                                 any_rank, start_run_dir)
 
 # %% auto #0
-__all__ = ['OPTIMIZATIONS', 'DERIVE_RULES', 'SEARCH_OVERRIDABLE', 'UPDATE_RULES', 'SearchConfig', 'weight_optimizer', 'Search',
-           'UpdateRule', 'register_update_rule', 'get_update_rule', 'OneLevel', 'gradients', 'Bilevel', 'FirstOrder',
-           'SecondOrder', 'search']
+__all__ = ['OPTIMIZATIONS', 'SEARCH_OVERRIDABLE', 'UPDATE_RULES', 'SearchConfig', 'weight_optimizer', 'Search', 'UpdateRule',
+           'register_update_rule', 'get_update_rule', 'OneLevel', 'gradients', 'Bilevel', 'FirstOrder', 'SecondOrder',
+           'search']
 
 # %% ../nbs/08_search.ipynb #1ee56f03
 from .relaxations import RELAXATIONS
@@ -39,7 +39,6 @@ from .spaces import SearchSpace
 from .data import DATASETS
 
 OPTIMIZATIONS = ('bilevel', 'one-level')
-DERIVE_RULES = ('softmax', 'raw')  # see `derive_genotype`
 
 @dataclass
 class SearchConfig(RunOptions):
@@ -71,7 +70,7 @@ class SearchConfig(RunOptions):
     larc: bool = False # VS-DARTS: LARC (clip mode) around the weight optimizer, after the grad-norm clip
     larc_trust: float = 0.02 # LARC trust coefficient
     alpha_per_cell: bool = False # one α per cell instead of one per cell type
-    derive: str = 'softmax' # genotype ranking: 'softmax' (DARTS) or 'raw' α (StacNAS code)
+    derive: str = 'softmax' # genotype ranking: 'softmax' (DARTS), 'margin' (edges of unequal width) or 'raw' α (StacNAS code)
     hvp_r: float = 0.01 # second order: finite-difference radius numerator (R = r / ‖∇w' L_val‖)
     eval_valid: bool = True # bilevel: evaluate the whole valid split at the end of each epoch
     max_steps_per_epoch: int | None = None # cap steps per epoch (smoke runs, benchmarks)

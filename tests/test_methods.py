@@ -144,3 +144,19 @@ def test_named_representatives_make_the_stage1_space(tmp_path):
                    out=str(tmp_path), **TINY)
     ops = set(r['stage1_space']['normal'][0])
     assert ops == {'none', 'avg_pool_3x3', 'skip_connect', 'sep_conv_5x5', 'dil_conv_3x3'}
+
+
+def test_stacnas_default_ranking_keeps_two_preferring_conv_edges_over_an_indifferent_skip_edge():
+    "StacNAS stage 2 mixes edges of two and three candidates: the default rule must not favour the narrow skip edge."
+    from stacvs.genotypes import derive_genotype
+    from stacvs.spaces import SearchSpace
+    conv = ('none', 'sep_conv_3x3', 'sep_conv_5x5')
+    space = SearchSpace('stage2_toy', [conv, conv, ('none', 'skip_connect'), conv, conv], [('none', 'max_pool_3x3')] * 5,
+                        nodes=2)
+    alpha = torch.zeros(5, 3)
+    alpha[2, :2] = torch.tensor([0.3, 0.3])            # skip edge, no preference: softmax 0.50
+    alpha[3] = alpha[4] = torch.tensor([0., 0.6, 0.])  # clear preference for sep_conv_3x3: softmax 0.477
+    derive = lambda method: derive_genotype(alpha, torch.zeros(5, 2), space, rule=method_config(method)[0].derive)
+    for method in ('stacnas', 'stacvs'):
+        assert derive(method).normal[2:4] == (('sep_conv_3x3', 1), ('sep_conv_3x3', 2)), method
+    assert derive_genotype(alpha, torch.zeros(5, 2), space, rule='softmax').normal[2] == ('skip_connect', 0)
