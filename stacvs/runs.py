@@ -89,7 +89,7 @@ def set_rng_state(state: dict): # from `get_rng_state`
             if i < torch.cuda.device_count(): torch.cuda.set_rng_state(s, i)
 
 # %% ../nbs/07a_runs.ipynb #46eab800
-import math, numbers, tempfile
+import numbers, tempfile
 
 def option_name(field: str) -> str:
     "The command-line option of a config field: `batch_size` → `--batch-size`."

@@ -20,13 +20,13 @@ from .genotypes import DERIVE_RULES, derive_genotype, genotype_to_dict, save_cel
 from .data import search_loaders, get_dataset_info, ForeverIterator
 from .runs import (RunDir, RunOptions, check_number, check_choice, check_device, check_out_dir,
                          seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
-                         NonFiniteLossError, check_finite, check_finite_epoch, restart_schedule, check_overridable,
+                         NonFiniteLossError, check_finite, restart_schedule, check_overridable,
                          evaluate)
 from .reporting import run_reporters
 from .loop import RunLoop, check_callbacks
 from .registry import Registry
-from .distributed import (init_distributed, rank_device, replicate, all_reduce_, all_reduce_grads, batch_share,
-                                any_rank, start_run_dir)
+from .distributed import (init_distributed, rank_device, replicate, all_reduce_, all_reduce_grads,
+                                batch_share)
 
 # %% auto #0
 __all__ = ['OPTIMIZATIONS', 'SEARCH_OVERRIDABLE', 'UPDATE_RULES', 'SearchConfig', 'weight_optimizer', 'Search', 'UpdateRule',

@@ -19,10 +19,10 @@ from .data import train_loaders, get_dataset_info, DatasetInfo
 from .fastconv import prefer_channels_last, retain_freed_memory
 from .runs import (RunDir, RunOptions, check_number, check_choice, check_device, check_out_dir,
                          seed_everything, get_rng_state, set_rng_state, to_jsonable, progress, check_finite,
-                         check_finite_epoch, check_overridable, restart_schedule, evaluate)
+                         check_overridable, restart_schedule, evaluate)
 from .reporting import run_reporters
 from .loop import RunLoop, check_callbacks
-from .distributed import init_distributed, rank_device, replicate, all_reduce_, batch_share, start_run_dir
+from .distributed import init_distributed, rank_device, replicate, all_reduce_, batch_share
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'SCHEDULES', 'TRAIN_OVERRIDABLE', 'BEST_NOTE', 'check_protocol', 'TrainConfig', 'train_config',
