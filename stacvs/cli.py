@@ -165,6 +165,7 @@ def cmd_search(args):
     if 'out' not in given:
         given['out'] = _default_out('search', given.get('seed', 0), args.method,
                                     given.get('dataset', 'cifar10'))
+    args.out = given['out']  # the run directory, for the line after Ctrl-C
     names, ratio = given.pop('diagnostics', None) or [], given.pop('early_stop_ratio', None)
     if ratio is not None and 'hessian' not in names: names = [*names, 'hessian']  # DARTS-ES needs the eigenvalue
     check_diagnostics(names, ratio)  # a bad name fails before any search starts; instruments are built per stage
@@ -187,6 +188,7 @@ def cmd_train(args):
     if config.out is None:
         config = dataclasses.replace(config, out=_default_out('train', config.seed, Path(str(config.genotype)).stem,
                                                               config.dataset))
+    args.out = config.out  # the run directory, for the line after Ctrl-C
     if config.tensorboard: check_tensorboard()  # a missing package fails before the run starts
     configure_threads(args.threads, config.device)
     started = time.monotonic()
@@ -311,15 +313,8 @@ def _error_line(e: Exception) -> str:
     return text
 
 def _run_dir(args) -> str | None:
-    "The run directory of a search or training (`--out`, or the default the command picks), else None."
-    given = vars(args)
-    if given.get('out') or args.command not in ('search', 'train'): return given.get('out')
-    if args.command == 'search':
-        return _default_out('search', given.get('seed', 0), given.get('method', 'darts'), given.get('dataset', 'cifar10'))
-    from stacvs.train import PROTOCOLS
-    protocol = given.get('protocol') or ('imagenet' if given.get('dataset') == 'imagenet' else 'base')
-    dataset = given.get('dataset') or PROTOCOLS.get(protocol, {}).get('dataset')
-    return _default_out('train', given.get('seed', 0), Path(str(given.get('genotype', 'DARTS_V2'))).stem, dataset)
+    "The run directory of a search or training (`--out`, or the default `cmd_search`/`cmd_train` set), else None."
+    return getattr(args, 'out', None) if args.command in ('search', 'train') else None
 
 def _interrupted(args, imports) -> str:
     "The line after Ctrl-C: for a search or training that has a run directory, how to continue it."

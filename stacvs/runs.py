@@ -389,7 +389,8 @@ def check_finite_epoch(record: dict, # the epoch's log record
                        where: str, advice: str | None = None):
     "Raise `NonFiniteLossError` if a number of the record or a parameter is NaN/inf (call before checkpointing)."
     bad = [k for k, v in record.items() if _has_nonfinite(v)]
-    if not all(bool(torch.isfinite(p).all()) for p in parameters): bad.append('parameters')
+    finite = [torch.isfinite(p).all() for p in parameters]
+    if finite and not bool(torch.stack(finite).all()): bad.append('parameters')  # one device sync, not one per tensor
     if bad:
         raise NonFiniteLossError(f"non-finite {', '.join(bad)} at {where}; " + _DIVERGED.format(advice=advice or _ADVICE))
 
