@@ -153,12 +153,13 @@ def cmd_search(args):
     from stacvs.reporting import configure_threads, check_tensorboard, search_summary
     import time
     from stacvs.search import SearchConfig
-    from stacvs.methods import TwoStageConfig
+    from stacvs.methods import PIPELINES
     given = _given_options(args, drop=('threads',))
     if given.get('resume') and 'out' in given:  # the saved run's settings (and method), checked and overridden
         saved = Path(given['out']) / 'config.json'
         method = given.pop('method', None) or (json.loads(saved.read_text()).get('method') if saved.exists() else None)
-        fields = {f.name for cls in (SearchConfig, TwoStageConfig) for f in dataclasses.fields(cls)} - {'method'}
+        settings = [SearchConfig, *(p['settings'] for p in PIPELINES.values() if p['settings'])]
+        fields = {f.name for cls in settings for f in dataclasses.fields(cls)} - {'method'}
         given, args.method = resume_settings(given, fields), method or 'darts'
     elif 'override' in given: raise ValueError("--override changes a run being resumed: add --resume (and --out)")
     else: args.method = given.pop('method', 'darts')
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     "The `stacvs` argument parser."
     from stacvs.search import SearchConfig
     from stacvs.train import TrainConfig, PROTOCOLS
-    from stacvs.methods import METHOD_PRESETS, TwoStageConfig
+    from stacvs.methods import METHOD_PRESETS, PIPELINES, method_pipeline
     from stacvs.reporting import THREADS_HELP
     choices = option_choices()
     parser = _Parser(prog='stacvs', description="Stable differentiable NAS: DARTS, StacNAS, VS-DARTS.")
@@ -341,7 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a method preset: {', '.join(choices['method'])} (default: darts)")
     add_config_arguments(p, SearchConfig, skip={'method', 'override'}, only_given=True, presets=METHOD_PRESETS)
     add_override_argument(p)
-    add_config_arguments(p.add_argument_group('two-stage methods (stacnas, stacvs)'), TwoStageConfig, only_given=True)
+    for name, pipeline in PIPELINES.items():  # each pipeline's own settings, in a group naming its methods
+        if pipeline['settings'] is None: continue
+        users = ', '.join(m for m in METHOD_PRESETS.names() if method_pipeline(m) == name)
+        add_config_arguments(p.add_argument_group(f'{name} methods ({users})'), pipeline['settings'], only_given=True)
     g = p.add_argument_group('diagnostics (VS-DARTS figures; written to diagnostics/ in each run directory)')
     g.add_argument('--diagnostics', nargs='+', default=argparse.SUPPRESS, metavar='NAME',
                    help=' '.join(choices['diagnostics']))

@@ -23,41 +23,43 @@ from .grouping import (DARTS_GROUPS, PAPER_TABLE6, group_representative, operato
 from .confusion import match_search_depth, plot_confusion_table
 
 # %% auto #0
-__all__ = ['METHOD_PRESETS', 'PIPELINES', 'register_method', 'method_pipeline', 'TwoStageConfig', 'method_config', 'parse_groups',
-           'paper_groups', 'measure_groups', 'save_paper_heatmap', 'resolve_groups', 'choose_depth', 'run_stage',
-           'choose_representatives', 'stage_alphas', 'stage3_space', 'run_two_stage', 'run_method']
+__all__ = ['METHOD_PRESETS', 'PIPELINES', 'register_pipeline', 'register_method', 'method_pipeline', 'TwoStageConfig',
+           'method_config', 'parse_groups', 'paper_groups', 'measure_groups', 'save_paper_heatmap', 'resolve_groups',
+           'choose_depth', 'run_stage', 'choose_representatives', 'stage_alphas', 'stage3_space', 'run_two_stage',
+           'run_method']
 
 # %% ../nbs/12_methods.ipynb #f57432d2
 METHOD_PRESETS = Registry('method', "`register_method({name!r}, dict(optimization=..., ...))`")
+PIPELINES = Registry('pipeline', "`register_pipeline({name!r}, run, settings)`")
 
-PIPELINES = ('single', 'two-stage') # one search, or StacNAS's grouped backward search (`run_two_stage`)
+def register_pipeline(name: str, # the name method presets give
+                      run, # run(config, settings, callbacks) -> result; `callbacks()` makes fresh ones for each search
+                      settings: type | None = None, # the pipeline's own settings dataclass (None: it has none)
+                      overwrite: bool = False) -> dict:
+    "Make a way of running a method available by name: one search, StacNAS's two stages, a search then a projection …"
+    return PIPELINES.register(name, dict(run=run, settings=settings), overwrite=overwrite)
 
 def register_method(name: str, # the name `run_method`, the CLI's --method and results use
                     settings: dict, # the `SearchConfig` fields the method sets
-                    pipeline: str = 'single', # 'single' or 'two-stage'
+                    pipeline: str = 'single', # a registered pipeline: 'single', 'two-stage', …
                     callbacks=None, # a function making the callbacks every search of the method runs with (a regularizer)
                     overwrite: bool = False) -> dict: # replace a method of that name
     "Make a method preset available by name: its `SearchConfig` settings (a user's value beats them) and pipeline."
     unknown = sorted(set(settings) - {f.name for f in fields(SearchConfig)})
     if unknown: raise ValueError(f"method {name!r}: {unknown} are not SearchConfig fields")
-    if pipeline not in PIPELINES: raise ValueError(f"method {name!r}: pipeline {pipeline!r} is not one of {PIPELINES}")
+    PIPELINES.get(pipeline)  # an unknown pipeline: the known ones
     return METHOD_PRESETS.register(name, dict(settings, pipeline=pipeline, callbacks=callbacks), overwrite=overwrite)
 
 def method_pipeline(method: str) -> str:
-    "The pipeline a method runs: 'single' or 'two-stage'."
+    "The name of the pipeline a method runs: 'single', 'two-stage', …"
     return METHOD_PRESETS.get(method)['pipeline']
 
+register_pipeline('single', lambda config, settings, callbacks: Search(config, callbacks()).run())
 # DARTS (reference §3): the SearchConfig defaults
 register_method('darts', dict(optimization='bilevel'))
-# StacNAS (reference §4): one-level on all images, 80 epochs per stage, stage 1 with 14 cells; edges of unequal
-# width in stage 2 ranked by margin over indifference (`derive_genotype`; the official code: --derive raw)
-register_method('stacnas', dict(optimization='one-level', epochs=80, layers=14, derive='margin'), 'two-stage')
 # VS-DARTS code (reference §5): first-order bilevel, batch 96, stem multiplier 1, search wd 5e-3
 register_method('vsdarts', dict(optimization='bilevel', node_norm=True, larc=True, relaxation='sqrt', batch_size=96,
                                 stem_multiplier=1, w_weight_decay=5e-3))
-# beyond both papers: StacNAS's stages and schedule with VS-DARTS's switches and optimizer settings
-register_method('stacvs', dict(optimization='one-level', epochs=80, layers=14, derive='margin', node_norm=True, larc=True,
-                               relaxation='sqrt', w_weight_decay=5e-3), 'two-stage')
 
 # %% ../nbs/12_methods.ipynb #7f176b50
 @dataclass
@@ -76,27 +78,45 @@ class TwoStageConfig:
     representatives: str | None = None # stage-1 op of some groups, e.g. 'avg_pool_3x3,sep_conv_5x5' (others: smallest kernel)
     stage3: bool = False # official code's stage 3: search again with each edge's stage-2 op mixed with `none`
 
+# the pipeline runs `run_two_stage` (defined below, under "The pipeline")
+register_pipeline('two-stage', lambda config, stages, callbacks: run_two_stage(config, stages, callbacks), TwoStageConfig)
+# StacNAS (reference §4): one-level on all images, 80 epochs per stage, stage 1 with 14 cells; edges of unequal
+# width in stage 2 ranked by margin over indifference (`derive_genotype`; the official code: --derive raw)
+register_method('stacnas', dict(optimization='one-level', epochs=80, layers=14, derive='margin'), 'two-stage')
+# beyond both papers: StacNAS's stages and schedule with VS-DARTS's switches and optimizer settings
+register_method('stacvs', dict(optimization='one-level', epochs=80, layers=14, derive='margin', node_norm=True, larc=True,
+                               relaxation='sqrt', w_weight_decay=5e-3), 'two-stage')
+
 # %% ../nbs/12_methods.ipynb #8b13c5a8
-def _split_overrides(overrides: dict) -> tuple[dict, dict]:
-    search_names, stage_names = {f.name for f in fields(SearchConfig)}, {f.name for f in fields(TwoStageConfig)}
-    unknown = sorted(set(overrides) - search_names - stage_names)
+def _pipeline_fields() -> dict[str, str]:
+    "Each pipeline setting's name → the pipeline it belongs to."
+    return {f.name: name for name, p in PIPELINES.items() if p['settings'] for f in fields(p['settings'])}
+
+def _split_overrides(method: str, overrides: dict) -> tuple[dict, dict]:
+    "`overrides` as (SearchConfig fields, fields of the method's pipeline settings); anything else is refused."
+    search_names, owner = {f.name for f in fields(SearchConfig)}, _pipeline_fields()
+    pipeline = method_pipeline(method)
+    unknown = sorted(set(overrides) - search_names - set(owner))
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; settings are the fields of SearchConfig and TwoStageConfig")
+        raise ValueError(f"unknown setting(s) {unknown}; settings are the fields of SearchConfig and of a pipeline's "
+                         f"settings ({', '.join(p['settings'].__name__ for p in PIPELINES.values() if p['settings'])})")
+    foreign = sorted(k for k in overrides if k not in search_names and owner[k] != pipeline)
+    if foreign:
+        pipelines = sorted({owner[k] for k in foreign})
+        users = [m for m in METHOD_PRESETS.names() if method_pipeline(m) in pipelines]
+        raise ValueError(f"{foreign} only apply to the {'/'.join(pipelines)} methods {users}, not {method!r}")
     return ({k: v for k, v in overrides.items() if k in search_names},
-            {k: v for k, v in overrides.items() if k in stage_names})
+            {k: v for k, v in overrides.items() if k not in search_names})
 
 def method_config(method: str, # a key of METHOD_PRESETS
-                  **overrides) -> tuple[SearchConfig, TwoStageConfig | None]:
-    "The search config of `method` (its preset, then `overrides`), and the two-stage settings for StacNAS-style methods."
+                  **overrides): # fields of SearchConfig and of the method's pipeline settings
+    "The search config of `method` (its preset, then `overrides`), and its pipeline's settings (None if it has none)."
     preset = METHOD_PRESETS.get(method)  # an unknown name: the known ones and how to add one
-    search_kw, stage_kw = _split_overrides(overrides)
-    two_stage = preset['pipeline'] == 'two-stage'
-    if stage_kw and not two_stage:
-        two_stage_methods = [m for m in METHOD_PRESETS.names() if method_pipeline(m) == 'two-stage']
-        raise ValueError(f"{sorted(stage_kw)} only apply to the two-stage methods {two_stage_methods}, not {method!r}")
+    search_kw, pipeline_kw = _split_overrides(method, overrides)
     settings = {k: v for k, v in preset.items() if k not in ('pipeline', 'callbacks')}
     config = SearchConfig(**{**settings, **search_kw, 'method': method})
-    return config, (TwoStageConfig(**stage_kw) if two_stage else None)
+    settings_type = PIPELINES.get(preset['pipeline'])['settings']
+    return config, (settings_type(**pipeline_kw) if settings_type else None)
 
 # %% ../nbs/12_methods.ipynb #6074f56f
 def parse_groups(text: str) -> list[list[str]]:
@@ -248,13 +268,12 @@ def run_two_stage(config: SearchConfig, stages: TwoStageConfig, callbacks=()) ->
     return result
 
 # %% ../nbs/12_methods.ipynb #cc8adff9
-def run_method(method: str, # 'darts', 'stacnas', 'vsdarts' or 'stacvs'
+def run_method(method: str, # a registered method: 'darts', 'stacnas', 'vsdarts', 'stacvs', …
                callbacks=(), # search callbacks (diagnostics), or a function making fresh ones for each stage
-               **overrides) -> dict: # fields of SearchConfig / TwoStageConfig
+               **overrides) -> dict: # fields of SearchConfig and of the method's pipeline settings
     "Run `method` with its preset and `overrides`; returns the search result (with `method` recorded)."
     config, stages = method_config(method, **overrides)
     own = METHOD_PRESETS.get(method)['callbacks'] or list  # the method's own callbacks (e.g. a regularizer)
     fresh = lambda: [*(callbacks() if callable(callbacks) else callbacks), *own()]  # new ones for each search
-    if method_pipeline(method) == 'two-stage': result = run_two_stage(config, stages, fresh)
-    else: result = Search(config, fresh()).run()
+    result = PIPELINES.get(method_pipeline(method))['run'](config, stages, fresh)
     return dict(result, method=method)
