@@ -10,7 +10,6 @@ from fastcore.basics import patch
 from .ops import make_op, ReLUConvBN, FactorizedReduce
 from .spaces import SearchSpace, get_space, edge_inputs
 from .relaxations import Relaxation, get_relaxation
-from .fused import fused_cell_applies, fused_cell_forward
 
 # %% auto #0
 __all__ = ['CELL_TYPES', 'MixedOp', 'SearchCell', 'Supernet']
@@ -56,8 +55,6 @@ class SearchCell(nn.Module):
                                         for _ in range(nodes))
 
     def forward(self, s0, s1, weights): # weights: (n_edges, max_ops) mixing weights for this cell
-        # the same sums with the edges from each state computed together, where it applies (stacvs.fused)
-        if fused_cell_applies(self, s1): return fused_cell_forward(self, s0, s1, weights)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in range(self.nodes):
             s = sum(self.edges[e](states[inp], weights[e])

@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .spaces import get_space, space_to_dict
 from .cells import Supernet, CELL_TYPES
 from .larc import LARC
-from .fastconv import prefer_channels_last, retain_freed_memory
+from .accel.core import accelerate
 from .genotypes import DERIVE_RULES, derive_genotype, genotype_to_dict, save_cell_diagrams
 from .data import search_loaders, get_dataset_info, ForeverIterator
 from .runs import (RunDir, RunOptions, check_number, check_choice, check_device, check_out_dir,
@@ -78,7 +78,8 @@ class SearchConfig(RunOptions):
     seed: int = 0 # seeds every random generator and the data split
     device: str = 'auto' # auto (CUDA when available), cpu, cuda or cuda:N
     amp: bool = False # bf16 autocast on CUDA (α, softmax and BN statistics stay fp32)
-    channels_last: bool | None = None # None: channels-last on CPU for large states (`prefer_channels_last`)
+    accelerate: bool = True # CPU: fast depthwise backward, fused cells, freed memory kept (`stacvs.accel`; same sums)
+    channels_last: bool | None = None # None: channels-last when accelerated on CPU with large states
     sync_bn: bool = True # under torchrun: BatchNorm statistics over the global batch (False: per rank, as DARTS's code)
     method: str | None = None # the preset this config was built from (set by run_method; recorded for resume)
 
@@ -145,7 +146,6 @@ class Search(RunLoop):
         self.rule = get_update_rule(config)  # one-level, first- or second-order, ... (an object chosen by name)
         self.dist = init_distributed()  # a single process unless started by torchrun
         self.device = rank_device(config.device, self.dist)
-        if self.device.type == 'cpu': retain_freed_memory()  # reuse freed activations instead of page-faulting them in
         seed_everything(config.seed)
         self.info = get_dataset_info(config.dataset)
         self.train_loader, self.valid_loader = loaders or search_loaders(
@@ -156,10 +156,9 @@ class Search(RunLoop):
                                         config.stem_multiplier, self.info.in_channels, config.relaxation,
                                         config.alpha_per_cell, config.node_norm)).to(self.device)
         self.model = replicate(self.model, self.dist, config.sync_bn)  # under torchrun: same start, global-batch BN
-        self.channels_last = prefer_channels_last(config.channels_last, self.device,
-                                                  config.batch_size // self.dist.world_size, config.channels,
-                                                  self.info.image_size)
-        if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
+        # the CPU speed-ups and memory layout the config asks for (`stacvs.accel`): the same sums, faster
+        self.channels_last = accelerate(self.model, self.device, config, config.batch_size // self.dist.world_size,
+                                        self.info.image_size)
         self.w_optimizer = weight_optimizer(self.model.weights(), config)
         self.a_optimizer = torch.optim.Adam(self.model.alphas(), config.a_lr, betas=config.a_betas,
                                             weight_decay=config.a_weight_decay)

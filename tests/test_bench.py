@@ -2,25 +2,28 @@
 from dataclasses import replace
 import pytest
 import torch
-import stacvs.fastconv as fastconv
-from stacvs.bench import straightforward, BenchCase, time_search_steps, format_rows, PAPER_CPU_CASES
+import stacvs.accel.fastconv as fastconv
+from stacvs.accel.fastconv import FastDepthwiseConv2d, FastFactorizedReduce
+from stacvs.accel.fused import FusedSearchCell
+from stacvs.bench import straightforward_search, BenchCase, time_search_steps, format_rows, PAPER_CPU_CASES
+from stacvs.cells import SearchCell
 from stacvs.search import Search, SearchConfig
-from stacvs.fused import use_fused_cells
 
 TINY = SearchConfig(dataset='digits', layers=3, channels=4, batch_size=16, fraction=0.3, progress=False,
                     eval_valid=False, space='darts')
 
 
-def _trajectory(config, plain: bool, steps: int = 3):
+def _trajectory(config, plain: bool, steps: int = 3, fused: bool = True):
     "α and weights after `steps` search steps in fp64, by the optimized or the straightforward path."
     torch.manual_seed(0)
-    s = Search(config)
+    s = straightforward_search(config) if plain else Search(config)
+    if not fused:  # accelerated, but each edge computed on its own
+        for cell in s.model.cells: cell.__class__ = SearchCell
     s.model.double()
     train, valid = iter(s.train_loader.eval_loader()), iter((s.valid_loader or s.train_loader).eval_loader())
-    with straightforward(s) if plain else torch.enable_grad():
-        for _ in range(steps):
-            (x, y), (xv, yv) = next(train), next(valid)
-            s.step(x.double(), y, *((xv.double(), yv) if s.rule.needs_valid else ()))
+    for _ in range(steps):
+        (x, y), (xv, yv) = next(train), next(valid)
+        s.step(x.double(), y, *((xv.double(), yv) if s.rule.needs_valid else ()))
     return [p.detach().clone() for p in s.model.alphas() + s.model.weights()]
 
 
@@ -41,8 +44,7 @@ def test_optimized_and_straightforward_paths_give_the_same_alpha_and_weights(opt
 @pytest.mark.parametrize('fused', [True, False])  # unfused: per-edge ops, sub-grid dilated convs, subsample gradients
 def test_channels_last_search_gives_the_same_alpha_and_weights(optimization, second_order, fused):
     config = replace(TINY, optimization=optimization, second_order=second_order)
-    with use_fused_cells(fused):
-        nhwc = _trajectory(replace(config, channels_last=True), plain=False)
+    nhwc = _trajectory(replace(config, channels_last=True), plain=False, fused=fused)
     nchw = _trajectory(replace(config, channels_last=False), plain=True)
     for a, b in zip(nhwc, nchw):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
@@ -62,11 +64,15 @@ def test_channels_last_is_chosen_for_large_cpu_states_only():
     assert Search(replace(TINY, batch_size=2048, fraction=1.0)).channels_last
 
 
-def test_straightforward_block_restores_the_optimized_path():
-    s = Search(replace(TINY, optimization='bilevel'))
-    with straightforward(s):
-        assert not fastconv.fast_depthwise_enabled() and 'plain' in s.first_order_alpha_grad.func.__name__
-    assert fastconv.fast_depthwise_enabled() and s.first_order_alpha_grad.__func__.__name__ == 'first_order_alpha_grad'
+def test_the_two_searches_are_built_side_by_side():
+    "The plain search's model has no accelerated module and steps like the original code; the other is untouched by it."
+    fast = Search(replace(TINY, optimization='bilevel'))
+    plain = straightforward_search(replace(TINY, optimization='bilevel'))
+    kinds = lambda s: {type(m) for m in s.model.modules()}
+    assert {FastDepthwiseConv2d, FastFactorizedReduce, FusedSearchCell} <= kinds(fast)
+    assert not {FastDepthwiseConv2d, FastFactorizedReduce, FusedSearchCell} & kinds(plain)
+    assert 'plain' in plain.first_order_alpha_grad.func.__name__ and not plain.channels_last
+    assert fast.first_order_alpha_grad.__func__.__name__ == 'first_order_alpha_grad'
 
 
 def test_bench_table_shows_both_paths_and_the_reference():

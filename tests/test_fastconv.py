@@ -1,12 +1,12 @@
-"Fast CPU depthwise conv: exact agreement with F.conv2d autograd, gradcheck, the path switch, fallbacks, the module."
+"Fast CPU depthwise conv: exact agreement with F.conv2d autograd, gradcheck, the path per module, fallbacks, the module."
 import itertools
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from stacvs import fastconv
-from stacvs.fastconv import (DepthwiseConv2dFunction, FastDepthwiseConv2d, depthwise_conv2d, fast_depthwise_enabled,
-                             fast_path_refusal, swap_depthwise_convs, use_fast_depthwise)
+from stacvs.accel import fastconv
+from stacvs.accel.fastconv import (DepthwiseConv2dFunction, FastDepthwiseConv2d, depthwise_conv2d, fast_path_refusal,
+                                   swap_depthwise_convs)
 
 FAST = 'DepthwiseConv2dFunctionBackward'
 PLAIN = 'ConvolutionBackward0'
@@ -119,22 +119,15 @@ def test_depthwise_conv2d_fast_path_for_darts_convs(kernel, padding, dilation, s
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
-def test_switch_changes_path_and_restores(no_size_threshold):
-    x, w = leaf(1, 2, 8, 8), leaf(2, 1, 5, 5)
-    assert fast_depthwise_enabled()
-    assert depthwise_conv2d(x, w, 1, 2).grad_fn.name() == FAST
-    with use_fast_depthwise(False):
-        assert not fast_depthwise_enabled()
-        assert depthwise_conv2d(x, w, 1, 2).grad_fn.name() == PLAIN
-        with use_fast_depthwise(True): assert depthwise_conv2d(x, w, 1, 2).grad_fn.name() == FAST
-        assert depthwise_conv2d(x, w, 1, 2).grad_fn.name() == PLAIN
-    assert depthwise_conv2d(x, w, 1, 2).grad_fn.name() == FAST
-    with pytest.raises(ZeroDivisionError):
-        with use_fast_depthwise(False): 1 / 0
-    assert fast_depthwise_enabled()
-    use_fast_depthwise(False)
-    try: assert depthwise_conv2d(x, w, 1, 2).grad_fn.name() == PLAIN
-    finally: use_fast_depthwise(True)
+def test_the_path_is_chosen_by_the_module_not_by_a_switch(no_size_threshold):
+    x = leaf(1, 2, 8, 8)
+    plain = nn.Conv2d(2, 2, 5, 1, 2, groups=2, bias=False).double()
+    fast = FastDepthwiseConv2d.from_conv2d(plain)
+    assert fast(x).grad_fn.name() == FAST and plain(x).grad_fn.name() == PLAIN
+    other = nn.Sequential(nn.Conv2d(2, 2, 5, 1, 2, groups=2, bias=False)).double()
+    assert swap_depthwise_convs(other) == 1
+    assert plain(x).grad_fn.name() == PLAIN  # swapping one model leaves every other module as it was
+    torch.testing.assert_close(fast(x), plain(x), rtol=0, atol=1e-12)
 
 
 def test_fallbacks_name_their_reason_and_give_the_same_result(no_size_threshold):

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import stacvs.fused as fused
-from stacvs.fused import use_fused_cells, fused_cells_enabled, fused_cell_applies, fusion_key
-import stacvs.cells as cells
-from stacvs.cells import Supernet
+import copy
+import stacvs.accel.fused as fused
+from stacvs.accel.fused import fuse_search_cells, fused_cell_applies, fusion_key, FusedSearchCell
+from stacvs.cells import Supernet, SearchCell
 from stacvs.ops import OPS, register_op, make_op
 
 
@@ -17,11 +17,11 @@ def _step(space, fused_on, node_norm=False, relaxation='softmax', size=9, seed=0
     model = Supernet(C=2, num_classes=3, layers=3, space=space, node_norm=node_norm, relaxation=relaxation,
                      stem_multiplier=1).double()
     if model_hook: model_hook(model)
+    if fused_on: fuse_search_cells(model)
     x = torch.randn(3, 3, size, size, dtype=torch.float64)
     torch.manual_seed(seed + 1)  # `noise` ops draw from here: the same draws on both paths
-    with use_fused_cells(fused_on):
-        logits = model(x)
-        logits.square().sum().backward()
+    logits = model(x)
+    logits.square().sum().backward()
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
     return model, [logits] + grads + list(model.buffers())
 
@@ -51,12 +51,14 @@ def test_the_comparison_can_fail():
     with pytest.raises(AssertionError): _assert_same(a, b)
 
 
-def test_the_fused_path_is_taken_and_the_switch_switches():
-    model = Supernet(C=2, num_classes=3, layers=3, space='darts', stem_multiplier=1)
+def test_the_fused_path_is_taken_where_it_applies():
+    plain_model = Supernet(C=2, num_classes=3, layers=3, space='darts', stem_multiplier=1)
+    fused_model = copy.deepcopy(plain_model)
+    assert fuse_search_cells(fused_model) == 3
     x = torch.randn(2, 3, 9, 9)
     def conv_calls(on, train=True):
-        model.train(train)
-        with use_fused_cells(on), mock.patch.object(F, 'conv2d', wraps=F.conv2d) as conv: model(x)
+        model = (fused_model if on else plain_model).train(train)
+        with mock.patch.object(F, 'conv2d', wraps=F.conv2d) as conv: model(x)
         return conv.call_count
     plain, fused_calls = conv_calls(False), conv_calls(True)
     # stem 1, preprocessing 2 + 2 + 3 (FactorizedReduce after a reduction), and per cell 12 op convs (2 sep_conv × 4,
@@ -66,18 +68,20 @@ def test_the_fused_path_is_taken_and_the_switch_switches():
     assert fused_calls == 1 + 7 + 3 * 5 * 12 + 2 * 2 * 1
     assert conv_calls(True, train=False) == plain  # eval mode: the plain path
     with mock.patch.object(fused, 'FUSE_MAX_ELEMENTS', 0): assert conv_calls(True) == plain  # too large: plain
-    with mock.patch.object(cells, 'fused_cell_forward', side_effect=RuntimeError('fused')):
-        with pytest.raises(RuntimeError, match='fused'): model.train()(x)
-        with use_fused_cells(False): model(x)  # switched off: never called
+    with mock.patch.object(fused, 'fused_cell_forward', side_effect=RuntimeError('fused')):
+        with pytest.raises(RuntimeError, match='fused'): fused_model.train()(x)
+        plain_model.train()(x)  # a plain model never calls it
 
 
-def test_switch_restores_previous_setting():
-    assert fused_cells_enabled()
-    with use_fused_cells(False):
-        assert not fused_cells_enabled()
-        with use_fused_cells(True): assert fused_cells_enabled()
-        assert not fused_cells_enabled()
-    assert fused_cells_enabled()
+def test_fusing_is_a_property_of_one_model():
+    "No process-wide switch: fusing one model leaves another plain, and state dicts move between the two."
+    plain = Supernet(C=2, num_classes=3, layers=3, space='darts', stem_multiplier=1)
+    fused_model = Supernet(C=2, num_classes=3, layers=3, space='darts', stem_multiplier=1)
+    fuse_search_cells(fused_model)
+    assert all(type(c) is SearchCell for c in plain.cells) and all(type(c) is FusedSearchCell for c in fused_model.cells)
+    plain.load_state_dict(fused_model.state_dict())
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(plain(x), fused_model(x))
 
 
 def test_cuda_inputs_take_the_plain_path():
@@ -142,10 +146,11 @@ def test_running_stats_after_several_steps_match():
     def run(on):
         torch.manual_seed(0)
         model = Supernet(C=2, num_classes=3, layers=3, space='stacnas_stage1', stem_multiplier=1).double()
+        if on: fuse_search_cells(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         for step in range(2):
             x = torch.randn(3, 3, 9, 9, dtype=torch.float64)
-            with use_fused_cells(on): model(x).logsumexp(1).sum().backward()
+            model(x).logsumexp(1).sum().backward()
             opt.step(); opt.zero_grad()
         return list(model.parameters()) + list(model.buffers())
     fused_state, plain_state = run(True), run(False)
