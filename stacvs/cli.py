@@ -50,7 +50,7 @@ def option_choices() -> dict:
     from stacvs.search import OPTIMIZATIONS, DERIVE_RULES
     from stacvs.train import PROTOCOLS, SCHEDULES
     return dict(space=SPACES.names(), relaxation=RELAXATIONS.names(), method=METHOD_PRESETS.names(),
-                diagnostics=DIAGNOSTICS.names(), dataset=list(DATASETS), derive=DERIVE_RULES,
+                diagnostics=DIAGNOSTICS.names(), dataset=list(DATASETS), derive=DERIVE_RULES.names(),
                 optimization=OPTIMIZATIONS, protocol=PROTOCOLS, schedule=SCHEDULES)
 
 def _option_help(name: str, doc: str, choices, default, presets: dict, preset_option: str) -> str:
@@ -350,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--diagnostics', nargs='+', default=argparse.SUPPRESS, metavar='NAME',
                    help=' '.join(choices['diagnostics']))
     g.add_argument('--early-stop-ratio', type=float, default=argparse.SUPPRESS,
-                   help='DARTS-ES: stop when λ_max(epoch − 5) / λ_max(epoch) falls below this (RobustDARTS: 0.75)')
+                   help='a simplified DARTS-ES (adds the hessian diagnostic): stop when λ_max(epoch − 5) / '
+                        'λ_max(epoch) falls below this, e.g. 0.75 (no local average, no start epoch); '
+                        "RobustDARTS's own rule is --method darts_es (and DARTS-ADA --method darts_ada)")
     p.add_argument('--threads', type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_search)
     p = sub.add_parser('train', help='train a final network from a genotype', description='Train a genotype.')
@@ -408,10 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     "Run a `stacvs` command (arguments as a list; default: the command line) and return its result."
+    # plugins first: the methods, spaces and rules they register become the parser's choices (`--method mine`)
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument('--import', dest='imports', action='append', default=[])
+    imports = early.parse_known_args(argv)[0].imports
+    try: import_plugins(imports)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"stacvs: error: {_error_line(e)}", file=sys.stderr); raise SystemExit(2)
     args = build_parser().parse_args(argv)
-    imports = vars(args).pop('imports', None) or []
+    vars(args).pop('imports', None)
     try:
-        import_plugins(imports)
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:  # bad input: one line saying what is wrong, no traceback
         print(f"stacvs {args.command}: error: {_error_line(e)}", file=sys.stderr)

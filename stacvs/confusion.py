@@ -16,8 +16,8 @@ from .evaluation import logits_of, preserved
 
 # %% auto #0
 __all__ = ['PAPER_TABLE1', 'default_parameters', 'batch_gradients', 'confusion_from_gradients', 'gradient_confusion',
-           'random_batches', 'confusion_statistic', 'train_briefly', 'closest_depth', 'match_search_depth',
-           'plot_confusion_table']
+           'random_batches', 'confusion_statistic', 'train_briefly', 'closest_depth', 'DegenerateConfusionWarning',
+           'degenerate_confusion', 'match_search_depth', 'plot_confusion_table']
 
 # %% ../nbs/11_confusion.ipynb #741987ea
 def default_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -146,6 +146,23 @@ PAPER_TABLE1 = ( # StacNAS Table 1: ζ̄ (appendix D: mean ζ over 10 draws / M)
     dict(setting='Search_stage1_20cell', role='search', stage=1, layers=20, gradient_confusion=1.02),
     dict(setting='Search_stage2_20cell', role='search', stage=2, layers=20, gradient_confusion=0.52),
 )
+
+# %% ../nbs/11_confusion.ipynb #c0e1d2a4
+class DegenerateConfusionWarning(UserWarning):
+    "A gradient-confusion table that cannot rank the candidate depths (the depth taken from it was not measured)."
+
+def degenerate_confusion(table: list[dict], # rows with 'role' ('final' or 'search') and the statistic
+                         statistic: str = 'zeta_per_param') -> str | None: # the column matched
+    "Why `table` cannot choose a depth (every row is 0, or every candidate the same), in one line; None if it can."
+    values = [r[statistic] for r in table]
+    candidates = [r[statistic] for r in table if r['role'] == 'search']
+    if values and all(v == 0 for v in values):
+        return (f"gradient confusion is 0 for every network ({len(values)} rows: the gradients of every draw agree), "
+                "so the table cannot rank the depths")
+    if len(candidates) > 1 and len(set(candidates)) == 1:
+        return (f"every candidate depth has the same gradient confusion ({candidates[0]:.4g}), so the table cannot "
+                "rank them")
+    return None
 
 # %% ../nbs/11_confusion.ipynb #4a8f5b83
 def _measure(build, role, loader, loader_state, train_steps, device, loss_fn, **stat_kw) -> dict:

@@ -10,14 +10,16 @@ from typing import NamedTuple
 import torch
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from .registry import Registry
 from .ops import check_op_name
 from .spaces import SearchSpace, get_space, edge_inputs
 from .relaxations import get_relaxation
 
 # %% auto #0
 __all__ = ['CELL_TYPES', 'DERIVE_RULES', 'GENOTYPES', 'Genotype', 'validate_genotype', 'make_genotype', 'genotype_to_dict',
-           'genotype_from_dict', 'genotype_to_json', 'genotype_from_json', 'genotype_from_string', 'derive_cell',
-           'derive_genotype', 'get_genotype', 'count_ops', 'plot_cell', 'save_cell_diagrams']
+           'genotype_from_dict', 'genotype_to_json', 'genotype_from_json', 'genotype_from_string',
+           'register_derive_rule', 'derive_cell', 'derive_genotype', 'get_genotype', 'count_ops', 'plot_cell',
+           'save_cell_diagrams']
 
 # %% ../nbs/04_genotypes.ipynb #a8632489
 class Genotype(NamedTuple):
@@ -97,7 +99,13 @@ def genotype_from_string(text: str) -> Genotype:
     return genotype_from_dict(kwargs)
 
 # %% ../nbs/04_genotypes.ipynb #0fa79944
-DERIVE_RULES = ('softmax', 'margin', 'raw') # how edges are ranked: see the text above
+DERIVE_RULES = Registry('derivation rule',
+                        "`@register_derive_rule({name!r})` on rule(alpha, edges, nodes, relaxation, k) -> (op, input) pairs")
+
+def register_derive_rule(name: str, # the name configs (`derive=`) and the CLI (`--derive`) use
+                         overwrite: bool = False):
+    "Decorator registering `rule(alpha, edges, nodes, relaxation, k)`, which returns a cell's (op, input) pairs, k per node."
+    return DERIVE_RULES.register(name, overwrite=overwrite)
 
 def _best_op(alpha_edge, ops, rule, relaxation):
     "(score, op) of an edge's best non-`none` op; (-inf, None) if it offers only `none`."
@@ -109,27 +117,35 @@ def _best_op(alpha_edge, ops, rule, relaxation):
     if rule == 'margin': score = (score - 1 / n) / (1 - 1 / n) if n > 1 else 0.0  # 0: indifferent, 1: certain
     return score, ops[best]
 
+def _edgewise(rule: str):
+    "DARTS's derivation with edges scored by `rule`: each edge's best op, then per node the k best-scored edges."
+    def derive(alpha, edges, nodes, relaxation, k):
+        inputs = edge_inputs(nodes)
+        best = [_best_op(alpha[e, :len(ops)].detach(), ops, rule, relaxation) for e, ops in enumerate(edges)]
+        pairs = []
+        for node in range(nodes):
+            incoming = [e for e, (n, _) in enumerate(inputs) if n == node]
+            for e in sorted(incoming, key=lambda e: -best[e][0])[:k]:  # stable: ties keep the earlier input
+                if best[e][1] is None: raise ValueError(f"edge {e} offers only `none`, so no op can be derived for it")
+                pairs.append((best[e][1], inputs[e][1]))
+        return tuple(pairs)
+    return derive
+
+for _rule in ('softmax', 'margin', 'raw'): register_derive_rule(_rule)(_edgewise(_rule))
+
 def derive_cell(alpha: torch.Tensor, # (n_edges, max_ops); edge e's entries are its first len(edges[e])
                 edges, # per-edge op names of this cell type, `space.edges(cell_type)`
                 nodes: int = 4, # intermediate nodes of the cell
-                rule: str = 'softmax', # 'softmax' (DARTS), 'margin' (StacNAS's stage 2) or 'raw' (StacNAS code)
+                rule: str = 'softmax', # a registered rule: 'softmax' (DARTS), 'margin' (StacNAS's stage 2), 'raw' (StacNAS code)
                 relaxation='softmax', # name or `Relaxation` whose `selection_weights` rank ops
                 k: int = 2) -> tuple: # edges kept per node
     "The (op, input) pairs of one cell derived from its α, `k` per node, best edge first."
-    if rule not in DERIVE_RULES: raise ValueError(f"unknown derivation rule {rule!r}; use one of {DERIVE_RULES}")
+    derive = DERIVE_RULES.get(rule)  # an unknown rule: the known ones and how to add one
     inputs, width = edge_inputs(nodes), max(len(ops) for ops in edges)
     if alpha.dim() != 2 or alpha.shape[0] != len(inputs) or alpha.shape[1] < width or len(edges) != len(inputs):
         raise ValueError(f"α of shape {tuple(alpha.shape)} and {len(edges)} edge lists do not fit a cell with {nodes} "
                          f"nodes: expected α of shape ({len(inputs)}, ≥{width}), one row per edge")
-    relaxation = get_relaxation(relaxation)
-    best = [_best_op(alpha[e, :len(ops)].detach(), ops, rule, relaxation) for e, ops in enumerate(edges)]
-    pairs = []
-    for node in range(nodes):
-        incoming = [e for e, (n, _) in enumerate(inputs) if n == node]
-        for e in sorted(incoming, key=lambda e: -best[e][0])[:k]:  # stable: ties keep the earlier input
-            if best[e][1] is None: raise ValueError(f"edge {e} offers only `none`, so no op can be derived for it")
-            pairs.append((best[e][1], inputs[e][1]))
-    return tuple(pairs)
+    return derive(alpha, edges, nodes, get_relaxation(relaxation), k)
 
 def derive_genotype(alpha_normal: torch.Tensor, # α of the normal cell, (n_edges, max_ops)
                     alpha_reduce: torch.Tensor, # α of the reduction cell

@@ -16,9 +16,9 @@ from .runs import progress
 
 # %% auto #0
 __all__ = ['CENTERINGS', 'EXCLUDED_FROM_CORRELATION', 'PAPER_TABLE6_OPS', 'PAPER_TABLE6', 'DEFAULT_GROUP_THRESHOLD',
-           'DARTS_GROUPS', 'STAGE1_REPRESENTATIVES', 'CorrelationAccumulator', 'edge_correlations',
-           'average_correlation', 'operator_correlation', 'plot_correlation', 'complete_groups', 'group_operations',
-           'kernel_size', 'group_representative', 'stage1_space', 'winning_groups', 'stage2_space']
+           'CLUSTER_METHODS', 'KMEANS_GROUP_COUNTS', 'DARTS_GROUPS', 'STAGE1_REPRESENTATIVES', 'CorrelationAccumulator',
+           'edge_correlations', 'average_correlation', 'operator_correlation', 'plot_correlation', 'complete_groups',
+           'group_operations', 'kernel_size', 'group_representative', 'stage1_space', 'winning_groups', 'stage2_space']
 
 # %% ../nbs/10_grouping.ipynb #fb6b9479
 CENTERINGS = ('position', 'global')
@@ -224,6 +224,11 @@ def complete_groups(groups, # operator groups (lists of op names)
     return [list(g) for g in groups] + [[op] for op in ops if op not in grouped]
 
 # %% ../nbs/10_grouping.ipynb #e3c1f79b
+from .runs import check_choice
+
+CLUSTER_METHODS = ('hierarchical', 'kmeans')
+KMEANS_GROUP_COUNTS = (2, 3, 4) # k the official code tries (feature.py: 2 … min(ops, 4))
+
 def _cluster_labels(corr, threshold, n_groups) -> np.ndarray:
     "Average-linkage cluster labels on distance 1 − r."
     if len(corr) == 1: return np.ones(1, dtype=int)
@@ -233,18 +238,34 @@ def _cluster_labels(corr, threshold, n_groups) -> np.ndarray:
     if n_groups is not None: return fcluster(tree, n_groups, criterion='maxclust')
     return fcluster(tree, threshold, criterion='distance')
 
+def _kmeans_labels(corr, n_groups, seed: int = 0) -> np.ndarray:
+    "KMeans labels, each op described by its row of the matrix; without `n_groups`, k of 2–4 by best silhouette."
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+    features = (corr + corr.T) / 2
+    fit = lambda k: KMeans(n_clusters=k, n_init=10, random_state=seed).fit(features).labels_
+    if n_groups is not None: return fit(n_groups)
+    counts = [k for k in KMEANS_GROUP_COUNTS if k < len(corr)]
+    if not counts: raise ValueError(f"kmeans cannot choose k for {len(corr)} ops; give n_groups")
+    return max((fit(k) for k in counts), key=lambda labels: silhouette_score(features, labels))
+
 def group_operations(corr, # (k, k) operator correlation matrix
                      op_names, # the k op names
                      threshold: float | None = None, # cut the tree at this distance 1 − r ...
                      n_groups: int | None = None, # ... or into this many groups (not both; default threshold 0.8)
-                     space: str | SearchSpace | None = 'darts') -> list[list[str]]: # its other ops become singletons
-    "Cluster operators into groups (average linkage on 1 − r); ops of `space` outside the matrix form singletons."
+                     space: str | SearchSpace | None = 'darts', # its other ops become singletons
+                     method: str = 'hierarchical') -> list[list[str]]: # or 'kmeans' (the official code's)
+    "Cluster operators into groups (average linkage on 1 − r, or KMeans); ops of `space` outside the matrix: singletons."
     corr = _check_matrix(corr, op_names)
+    check_choice(method, 'grouping_method', CLUSTER_METHODS)
+    if method == 'kmeans' and threshold is not None:
+        raise ValueError(f"threshold={threshold} cuts the hierarchical tree; kmeans takes n_groups (or picks k itself)")
     if threshold is not None and n_groups is not None:
         raise ValueError(f"give threshold or n_groups, not both (got threshold={threshold}, n_groups={n_groups})")
     if n_groups is not None and not 1 <= n_groups <= len(op_names):
         raise ValueError(f"n_groups must be between 1 and the number of ops ({len(op_names)}), got {n_groups}")
-    labels = _cluster_labels(corr, DEFAULT_GROUP_THRESHOLD if threshold is None else threshold, n_groups)
+    if method == 'kmeans': labels = _kmeans_labels(corr, n_groups)
+    else: labels = _cluster_labels(corr, DEFAULT_GROUP_THRESHOLD if threshold is None else threshold, n_groups)
     space = get_space(space) if space is not None else None
     groups = [[op for op, l in zip(op_names, labels) if l == label] for label in sorted(set(labels))]
     if space is not None: groups = complete_groups(groups, space)

@@ -12,21 +12,20 @@ import matplotlib.pyplot as plt
 import torch
 from .registry import Registry
 from .spaces import SearchSpace, get_space, space_to_dict
-from .cells import Supernet
-from .data import get_dataset_info, search_loaders
-from .networks import NetworkCIFAR
 from .genotypes import genotype_from_dict, save_cell_diagrams
-from .runs import RunDir, atomic_write_json, to_jsonable, resolve_device
+from .runs import RunDir, atomic_write_json, to_jsonable
 from .search import SearchConfig, Search
 from .grouping import (DARTS_GROUPS, PAPER_TABLE6, group_representative, operator_correlation, plot_correlation, group_operations, complete_groups, stage1_space,
                              stage2_space, winning_groups)
-from .confusion import match_search_depth, plot_confusion_table
+from .confusion import plot_confusion_table
 
 # %% auto #0
-__all__ = ['METHOD_PRESETS', 'PIPELINES', 'register_pipeline', 'register_method', 'method_pipeline', 'TwoStageConfig',
-           'method_config', 'parse_groups', 'paper_groups', 'measure_groups', 'save_paper_heatmap', 'resolve_groups',
-           'choose_depth', 'run_stage', 'choose_representatives', 'stage_alphas', 'stage3_space', 'run_two_stage',
-           'run_method']
+__all__ = ['METHOD_PRESETS', 'PIPELINES', 'APPENDIX_B', 'APPENDIX_D', 'register_pipeline', 'register_method', 'method_pipeline',
+           'TwoStageConfig', 'method_config', 'parse_groups', 'paper_groups', 'correlation_search_config',
+           'correlation_supernet', 'correlation_protocol', 'measure_groups', 'save_paper_heatmap', 'resolve_groups',
+           'confusion_budget', 'confusion_supernet', 'confusion_final', 'measure_final_confusion',
+           'stage_depth_candidates', 'choose_depth', 'run_stage', 'choose_representatives', 'stage_alphas',
+           'stage3_space', 'run_two_stage', 'run_method']
 
 # %% ../nbs/12_methods.ipynb #f57432d2
 METHOD_PRESETS = Registry('method', "`register_method({name!r}, dict(optimization=..., ...))`")
@@ -62,21 +61,50 @@ register_method('vsdarts', dict(optimization='bilevel', node_norm=True, larc=Tru
                                 stem_multiplier=1, w_weight_decay=5e-3))
 
 # %% ../nbs/12_methods.ipynb #7f176b50
+from .runs import check_choice, check_number
+from .grouping import CLUSTER_METHODS
+
 @dataclass
 class TwoStageConfig:
     "The StacNAS pipeline's own settings; the search settings of both stages come from a `SearchConfig`."
     stage2_layers: int = 20 # cells of the stage-2 supernet (the paper: 20, the final network's depth)
     groups: str = 'paper' # 'paper', 'measured', or explicit groups such as 'skip_connect|max_pool_3x3,avg_pool_3x3'
-    group_threshold: float | None = None # 'measured': cut the clustering at this 1 − r distance (None: grouping's default)
-    correlation_epochs: int = 10 # 'measured': epochs of the all-ops supernet whose op outputs are correlated
+    grouping_method: str = 'hierarchical' # 'measured': average linkage on 1 − r, or 'kmeans' (the official code)
+    group_threshold: float | None = None # 'measured', hierarchical: cut the tree at this 1 − r distance (None: 0.8)
+    group_count: int | None = None # 'measured': make this many groups (None: the threshold; kmeans: k by silhouette)
+    correlation_layers: int = 14 # 'measured': cells of the all-ops supernet whose outputs are correlated (appendix B: 14)
+    correlation_epochs: int = 100 # 'measured': its epochs, with DARTS's search hyper-parameters (appendix B: 100)
     correlation_samples: int = 10000 # 'measured': images passed through it (appendix B: ≥ 10,000)
-    final_layers: int = 20 # layers='auto': depth of the final network whose gradient confusion the search matches
-    final_genotype: str = 'DARTS_V2' # layers='auto': the final network's genotype for that measurement
-    depth_candidates: tuple[int, ...] = (5, 8, 11, 14, 17, 20) # layers='auto': stage-1 depths to choose from
-    confusion_steps: int = 50 # layers='auto': SGD steps on each network before measuring its confusion
+    final_layers: int = 20 # layers='auto': cells of the final network whose gradient confusion the stages match (20)
+    final_channels: int = 36 # layers='auto': its channels (the paper's final training: 36)
+    final_genotype: str = 'STACNAS_CIFAR10' # layers='auto': its cells (Table 1: StacNAS's own final architecture)
+    depth_candidates: tuple[int, ...] = (14, 17, 20) # layers='auto': stage-1 depths to choose from (Table 1)
+    stage2_depth_candidates: tuple[int, ...] | None = None # layers='auto': stage-2 depths (None: stage2_layers, as Table 1)
+    confusion_epochs: int = 100 # layers='auto': epochs each network trains before ζ is measured (appendix D: 100)
+    confusion_steps: int | None = None # layers='auto': train each network this many steps instead (smoke runs)
     confusion_iterations: int = 10 # layers='auto': mini-batch draws averaged (appendix D: 10)
+    on_degenerate: str = 'warn' # layers='auto': a ζ table that cannot rank the depths: 'warn' (recorded) or 'error'
     representatives: str | None = None # stage-1 op of some groups, e.g. 'avg_pool_3x3,sep_conv_5x5' (others: smallest kernel)
     stage3: bool = False # official code's stage 3: search again with each edge's stage-2 op mixed with `none`
+
+    def __post_init__(self):
+        # checked before any data or file; messages name the CLI option
+        check_choice(self.grouping_method, 'grouping_method', CLUSTER_METHODS)
+        check_choice(self.on_degenerate, 'on_degenerate', ('warn', 'error'))
+        if self.group_threshold is not None and (self.group_count is not None or self.grouping_method == 'kmeans'):
+            raise ValueError("--group-threshold cuts the hierarchical tree; drop it with --group-count or "
+                             "--grouping-method kmeans")
+        for name in ('stage2_layers', 'correlation_layers', 'correlation_epochs', 'correlation_samples', 'final_layers',
+                     'final_channels', 'confusion_epochs', 'confusion_iterations'):
+            check_number(getattr(self, name), name, at_least=1, integer=True)
+        for name in ('group_count', 'confusion_steps'):
+            check_number(getattr(self, name), name, at_least=1, integer=True, optional=True)
+        for name in ('depth_candidates', 'stage2_depth_candidates'):
+            depths = getattr(self, name)
+            if depths is None: continue
+            setattr(self, name, tuple(depths))
+            if not depths: raise ValueError(f"--{name.replace('_', '-')} needs at least one depth")
+            for d in depths: check_number(d, name, at_least=1, integer=True)
 
 # the pipeline runs `run_two_stage` (defined below, under "The pipeline")
 register_pipeline('two-stage', lambda config, stages, callbacks: run_two_stage(config, stages, callbacks), TwoStageConfig)
@@ -129,21 +157,61 @@ def paper_groups(space: SearchSpace) -> list[list[str]]:
     return [g for g in kept if g]
 
 # %% ../nbs/12_methods.ipynb #8fe06a58
+APPENDIX_B = dict(layers=14, epochs=100, samples=10000, channels=16, batch_size=64) # StacNAS appendix B; DARTS's C, batch
+
+def correlation_search_config(config: SearchConfig, # the method's config: data, width, batch, budget caps, device
+                              layers: int = APPENDIX_B['layers'], # cells of the supernet
+                              epochs: int = APPENDIX_B['epochs'], # its training epochs
+                              out: Path | None = None) -> SearchConfig: # its run directory (resumed when it holds it)
+    "Appendix B's all-ops supernet: the `darts` preset (DARTS's search hyper-parameters) over every op of the base space."
+    keep = ('space', 'dataset', 'data_root', 'channels', 'batch_size', 'fraction', 'max_steps_per_epoch', 'seed',
+            'device', 'amp', 'channels_last', 'progress', 'quiet')
+    given = {k: getattr(config, k) for k in keep if hasattr(config, k)}
+    return method_config('darts', **given, layers=layers, epochs=epochs, out=str(out) if out else None,
+                         resume=bool(out))[0]
+
+def _trained(runner):
+    "A search or training run to its end; read back when its directory already holds the finished run."
+    out = runner.config.out
+    if out and RunDir(out).state == 'finished': runner.load_state_dict(RunDir(out).load_checkpoint())
+    else: runner.run()
+    return runner
+
+def correlation_supernet(config: SearchConfig, layers: int = APPENDIX_B['layers'], epochs: int = APPENDIX_B['epochs'],
+                         out: Path | None = None) -> Search:
+    "Appendix B's supernet (`correlation_search_config`), trained, or read back when `out` holds the finished run."
+    return _trained(Search(correlation_search_config(config, layers, epochs, out)))
+
+def correlation_protocol(run: SearchConfig, # the correlation supernet's config
+                         samples: int) -> str: # images correlated
+    "'appendix B' when the supernet and the images correlated are the paper's, else 'reduced: …' naming what differs."
+    ops = [op for op in get_space(run.space).ops if op != 'none']
+    differs = [f"{run.epochs} epoch{'s' if run.epochs > 1 else ''}" if run.epochs != APPENDIX_B['epochs'] else '',
+               f"{run.layers} cells" if run.layers != APPENDIX_B['layers'] else '',
+               f"{samples} images" if samples < APPENDIX_B['samples'] else '',
+               f"{run.channels} channels" if run.channels != APPENDIX_B['channels'] else '',
+               f"batch {run.batch_size}" if run.batch_size != APPENDIX_B['batch_size'] else '',
+               f"{run.fraction:.0%} of the images" if run.fraction < 1 else '',
+               f"≤ {run.max_steps_per_epoch} steps per epoch" if run.max_steps_per_epoch else '',
+               f"{len(ops)} ops" if len(ops) != 7 else '']  # DARTS: seven ops besides `none`
+    differs = [d for d in differs if d]
+    return 'appendix B' if not differs else 'reduced: ' + ', '.join(differs)
+
 def measure_groups(config: SearchConfig, stages: TwoStageConfig, out: Path | None) -> tuple[list[list[str]], dict]:
-    "Groups from the operator correlations of a supernet trained over the whole base space; and the record."
-    layers = config.layers if isinstance(config.layers, int) else min(stages.depth_candidates)
-    run = replace(config, layers=layers, epochs=stages.correlation_epochs,
-                  out=str(out / 'supernet') if out else None)
-    search = Search(run)
-    if not (out and (out / 'supernet' / 'result.json').exists()): search.run()
-    else: search.load_state_dict(RunDir(out / 'supernet').load_checkpoint())
-    loader = search.train_loader.eval_loader()
+    "Groups from the operator correlations of appendix B's supernet over the whole base space; and the record."
+    search = correlation_supernet(config, stages.correlation_layers, stages.correlation_epochs,
+                                  out / 'supernet' if out else None)
+    run, loader = search.config, search.train_loader.eval_loader()
     corr, names = operator_correlation(search.model, loader, max_samples=stages.correlation_samples,
                                        device=search.device)
-    groups = group_operations(corr, names, threshold=stages.group_threshold, space=config.space)
-    record = dict(op_names=list(names), correlation=corr.tolist(), measured_groups=groups)
+    groups = group_operations(corr, names, threshold=stages.group_threshold, n_groups=stages.group_count,
+                              space=config.space, method=stages.grouping_method)
+    record = dict(op_names=list(names), correlation=corr.tolist(), measured_groups=groups,
+                  grouping_method=stages.grouping_method, protocol=correlation_protocol(run, stages.correlation_samples),
+                  supernet=dict(method='darts', optimization=run.optimization, layers=run.layers, epochs=run.epochs,
+                                channels=run.channels, batch_size=run.batch_size, samples=stages.correlation_samples))
     if out:
-        fig = plot_correlation(corr, names, title='operator correlation (measured)')
+        fig = plot_correlation(corr, names, title=f"operator correlation (measured; {record['protocol']})")
         fig.savefig(out / 'correlation.png', dpi=120); plt.close(fig)
     return groups, record
 
@@ -174,28 +242,100 @@ def resolve_groups(config: SearchConfig, stages: TwoStageConfig, out: Path | Non
     return record['groups'], record
 
 # %% ../nbs/12_methods.ipynb #40c7ae15
-def choose_depth(config: SearchConfig, stages: TwoStageConfig, space: SearchSpace,
-                 out: Path | None = None) -> tuple[int, list[dict]]:
-    "The stage-1 depth: `config.layers`, or with 'auto' the complexity-matched one (cached in `out/confusion/`)."
-    if config.layers != 'auto': return config.layers, []
-    cache = out / 'confusion' / 'depth.json' if out else None
-    if cache and cache.exists():
-        saved = json.loads(cache.read_text()); return saved['depth'], saved['table']
-    info = get_dataset_info(config.dataset)
-    loader, _ = search_loaders(config.dataset, config.data_root, config.batch_size, bilevel=False,
-                               fraction=config.fraction, seed=config.seed, device=resolve_device(config.device))
-    supernet = lambda depth: Supernet(config.channels, info.num_classes, depth, space, config.stem_multiplier,
-                                      info.in_channels, config.relaxation, node_norm=config.node_norm)
-    final = lambda: NetworkCIFAR(config.channels, info.num_classes, stages.final_layers, False,
-                                 stages.final_genotype, in_channels=info.in_channels)
-    depth, table = match_search_depth(supernet, final, list(stages.depth_candidates), loader,
-                                      train_steps=stages.confusion_steps, iterations=stages.confusion_iterations,
-                                      seed=config.seed)
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cache, dict(depth=depth, table=table))
-        fig = plot_confusion_table(table); fig.savefig(cache.parent / 'confusion.png', dpi=120); plt.close(fig)
-    return depth, table
+import warnings
+import torch.nn.functional as F
+from .train import Trainer, TrainConfig
+from .confusion import confusion_statistic, closest_depth, degenerate_confusion, DegenerateConfusionWarning
+
+APPENDIX_D = dict(epochs=100, iterations=10) # StacNAS appendix D: every network trains 100 epochs, then 10 draws of ζ
+
+def confusion_budget(config: SearchConfig, stages: TwoStageConfig) -> dict:
+    "How long every network of the depth matching trains (also in words), and whether that is appendix D's protocol."
+    if stages.confusion_steps is not None:
+        budget, training = dict(epochs=1, max_steps_per_epoch=stages.confusion_steps), f"{stages.confusion_steps} steps"
+    else:
+        epochs, cap = stages.confusion_epochs, config.max_steps_per_epoch
+        budget = dict(epochs=epochs, max_steps_per_epoch=cap)
+        training = f"{epochs} epoch{'s' if epochs > 1 else ''}" + (f" of ≤ {cap} steps" if cap else '')
+    differs = [training if training != f"{APPENDIX_D['epochs']} epochs" else '',
+               f"{config.fraction:.0%} of the images" if config.fraction < 1 else '',
+               f"{stages.confusion_iterations} draws" if stages.confusion_iterations != APPENDIX_D['iterations'] else '']
+    differs = [d for d in differs if d]
+    return dict(budget, training=training, iterations=stages.confusion_iterations,
+                protocol='appendix D' if not differs else 'reduced: ' + ', '.join(differs))
+
+def _confusion_dir(out: Path | None, name: str) -> str | None:
+    return str(out / 'confusion' / name) if out else None
+
+def confusion_supernet(config: SearchConfig, stages: TwoStageConfig, space: SearchSpace, layers: int,
+                       out: Path | None = None, # the pipeline's directory: the run is `out/confusion/stage<s>-<n>cells`
+                       stage: int = 1) -> Search:
+    "A stage's supernet trained for the matching budget: the stage's own search (one-level, the method's switches)."
+    b, run = confusion_budget(config, stages), _confusion_dir(out, f'stage{stage}-{layers}cells')
+    return _trained(Search(replace(config, space=space, layers=layers, epochs=b['epochs'], overwrite=False,
+                                   max_steps_per_epoch=b['max_steps_per_epoch'], out=run, resume=bool(run))))
+
+def confusion_final(config: SearchConfig, stages: TwoStageConfig,
+                    out: Path | None = None) -> Trainer: # the pipeline's directory: the run is `out/confusion/final`
+    "The final network as appendix C trains it (DARTS's training), for the matching budget, ready to measure."
+    b, run = confusion_budget(config, stages), _confusion_dir(out, 'final')
+    # at the search batch size, without auxiliary head or cutout: every network's ζ from one loss, batches of one size
+    train = TrainConfig(genotype=stages.final_genotype, dataset=config.dataset, data_root=config.data_root,
+                        layers=stages.final_layers, channels=stages.final_channels, pool_bn=True, auxiliary=False,
+                        cutout=0, epochs=b['epochs'], max_steps_per_epoch=b['max_steps_per_epoch'],
+                        batch_size=config.batch_size, fraction=config.fraction, seed=config.seed, device=config.device,
+                        progress=config.progress, quiet=config.quiet, out=run, resume=bool(run))
+    trainer = _trained(Trainer(train))
+    getattr(trainer.model, 'module', trainer.model).drop_path_prob = 0.0  # ζ of the loss, not of drop-path noise
+    return trainer
+
+def _confusion_row(model, loader, stages: TwoStageConfig, seed: int, **row) -> dict:
+    stat = confusion_statistic(model, F.cross_entropy, loader, iterations=stages.confusion_iterations, seed=seed)
+    return dict(row, params=stat['params'], zeta_mean=stat['zeta_mean'], zeta_per_param=stat['zeta_per_param'])
+
+def measure_final_confusion(config: SearchConfig, stages: TwoStageConfig, out: Path | None = None) -> dict:
+    "The final network's row of the ζ table (Table 1's 'Final Arch_20cells'); trained in `out/confusion/final`."
+    trainer = confusion_final(config, stages, out)
+    return _confusion_row(trainer.model, trainer.train_loader, stages, config.seed, role='final', stage=None,
+                          layers=stages.final_layers, channels=stages.final_channels, genotype=stages.final_genotype)
+
+def stage_depth_candidates(stages: TwoStageConfig, stage: int) -> tuple[int, ...]:
+    "The depths a stage chooses from with layers='auto'."
+    if stage not in (1, 2): raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+    return stages.depth_candidates if stage == 1 else stages.stage2_depth_candidates or (stages.stage2_layers,)
+
+def choose_depth(config: SearchConfig, stages: TwoStageConfig,
+                 space: SearchSpace, # the stage's space
+                 out: Path | None = None, # the pipeline's directory: networks, tables and plots go to `out/confusion/`
+                 stage: int = 1, # 1 or 2
+                 final: dict | None = None) -> tuple[int, dict | None]: # the final network's row, if measured already
+    "A stage's depth: the fixed one, or with layers='auto' the candidate whose ζ̄ is nearest the final network's."
+    candidates = stage_depth_candidates(stages, stage)
+    if config.layers != 'auto': return (config.layers if stage == 1 else stages.stage2_layers), None
+    directory = out / 'confusion' if out else None
+    cache = directory / ('depth.json' if stage == 1 else f'depth_stage{stage}.json') if out else None
+    if cache and cache.exists(): record = json.loads(cache.read_text())
+    else:
+        table = [final or measure_final_confusion(config, stages, out)]
+        for depth in candidates:
+            search = confusion_supernet(config, stages, space, depth, out, stage)
+            table.append(_confusion_row(search.model, search.train_loader, stages, config.seed, role='search',
+                                        stage=stage, layers=depth))
+        depth, reason = closest_depth(table), degenerate_confusion(table)
+        fix = '--layers N' if stage == 1 else '--stage2-layers N'
+        warning = (f"stage-{stage} depth matching: {reason}; {depth} cells taken without a measurement: train the "
+                   f"networks longer (--confusion-epochs) or give the depth ({fix})" if reason else None)
+        record = dict(stage=stage, depth=depth, candidates=list(candidates), table=table,
+                      **confusion_budget(config, stages), warning=warning)
+        if cache and not (warning and stages.on_degenerate == 'error'):
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cache, to_jsonable(record))
+            fig = plot_confusion_table(table, title=f"stage {stage}: {record['protocol']}")
+            fig.savefig(directory / ('confusion.png' if stage == 1 else f'confusion_stage{stage}.png'), dpi=120)
+            plt.close(fig)
+    if record['warning'] and stages.on_degenerate == 'error': raise ValueError(record['warning'])
+    if record['warning']: warnings.warn(record['warning'], DegenerateConfusionWarning, stacklevel=2)
+    return record['depth'], record
 
 # %% ../nbs/12_methods.ipynb #cd1d38c3
 def run_stage(config: SearchConfig, # the search settings of this stage (space and layers already set)
@@ -248,19 +388,23 @@ def run_two_stage(config: SearchConfig, stages: TwoStageConfig, callbacks=()) ->
     groups, grouping = resolve_groups(config, stages, out)
     # each stage's config holds its space itself: its config.json alone rebuilds it, and resume compares it
     space1 = stage1_space(base, groups, choose_representatives(groups, stages.representatives), name='stage1')
-    depth, confusion = choose_depth(config, stages, space1, out)
+    depth, confusion1 = choose_depth(config, stages, space1, out)  # layers='auto': appendix D, both stages
     sub = lambda name: out / name if out else None
     result1, _ = run_stage(replace(config, space=space1, layers=depth), sub('stage1'), callbacks)
     space2 = stage2_space(base, groups, stage_alphas(result1), stage1=space1, name='stage2')
-    result2, _ = run_stage(replace(config, space=space2, layers=stages.stage2_layers), sub('stage2'), callbacks)
-    result = dict(kind='two-stage search', groups=groups, grouping=grouping, stage1_layers=depth,
-                  confusion_table=confusion, stage1_space=space_to_dict(space1), stage2_space=space_to_dict(space2),
+    depth2, confusion2 = choose_depth(config, stages, space2, out, stage=2,
+                                      final=confusion1['table'][0] if confusion1 else None)
+    result2, _ = run_stage(replace(config, space=space2, layers=depth2), sub('stage2'), callbacks)
+    result = dict(kind='two-stage search', groups=groups, grouping=grouping, stage1_layers=depth, stage2_layers=depth2,
+                  confusion=dict(stage1=confusion1, stage2=confusion2) if confusion1 else None,
+                  warnings=[c['warning'] for c in (confusion1, confusion2) if c and c['warning']],
+                  stage1_space=space_to_dict(space1), stage2_space=space_to_dict(space2),
                   winning_groups=winning_groups(space1, groups, stage_alphas(result1)),
                   stage1_genotype=result1['genotype'], stage2_genotype=result2['genotype'],
                   genotype=result2['genotype'], config=to_jsonable(asdict(config)), stages=asdict(stages))
     if stages.stage3:
         space3 = stage3_space(space2, result2)
-        result3, _ = run_stage(replace(config, space=space3, layers=stages.stage2_layers), sub('stage3'), callbacks)
+        result3, _ = run_stage(replace(config, space=space3, layers=depth2), sub('stage3'), callbacks)
         result.update(stage3_genotype=result3['genotype'], genotype=result3['genotype'])
     if out:
         save_cell_diagrams(genotype_from_dict(result['genotype']), out)
@@ -277,3 +421,7 @@ def run_method(method: str, # a registered method: 'darts', 'stacnas', 'vsdarts'
     fresh = lambda: [*(callbacks() if callable(callbacks) else callbacks), *own()]  # new ones for each search
     result = PIPELINES.get(method_pipeline(method))['run'](config, stages, fresh)
     return dict(result, method=method)
+
+# %% ../nbs/12_methods.ipynb #e59280f9
+# each imports this module (complete by now) and registers its methods
+from . import pr_darts  # noqa: E402,F401

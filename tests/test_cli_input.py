@@ -134,7 +134,8 @@ def test_a_plugin_op_is_known_to_search_train_and_genotype_plot(plugin, tmp_path
 def test_help_gives_choices_presets_and_both_spellings():
     commands = build_parser()._subparsers._group_actions[0].choices
     search = {a.dest: a for a in commands['search']._actions}
-    assert search['epochs'].help.endswith('(default: 50; presets: stacnas 80, stacvs 80)')
+    assert '(default: 50; presets: ' in search['epochs'].help
+    assert 'stacnas 80' in search['epochs'].help and 'stacvs 80' in search['epochs'].help
     assert 'choices: darts, ' in search['space'].help and 'JSON file' in search['space'].help
     for dest in ('dataset', 'relaxation', 'derive', 'optimization'): assert 'choices: ' in search[dest].help
     assert {'--w-lr', '--lr'} <= set(search['w_lr'].option_strings)
