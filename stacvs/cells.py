@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from fastcore.basics import patch
-from .ops import make_op, ReLUConvBN, FactorizedReduce
-from .spaces import SearchSpace, get_space, edge_inputs
+from .ops import make_op, ReLUConvBN, FactorizedReduce, set_factorized_reduce
+from .spaces import SearchSpace, CellSpaces, get_space, edge_inputs
 from .relaxations import Relaxation, get_relaxation
 
 # %% auto #0
@@ -70,16 +70,21 @@ class Supernet(nn.Module):
     def __init__(self, C: int = 16, # initial channels
                  num_classes: int = 10,
                  layers: int = 8, # cells
-                 space: str | SearchSpace = 'darts',
+                 space: str | SearchSpace | CellSpaces = 'darts', # one space, or one per cell (needs alpha_per_cell)
                  stem_multiplier: int = 3, # stem outputs stem_multiplier·C channels (DARTS 3, VS-DARTS code 1)
                  in_channels: int = 3, # image channels
                  relaxation: str | Relaxation = 'softmax',
                  alpha_per_cell: bool = False, # one α set per cell instead of one per cell type
                  node_norm: bool = False, # VS-DARTS node normalization
-                 alpha_init_scale: float = 1e-3): # α ~ scale · N(0, 1) (reference §2)
+                 alpha_init_scale: float = 1e-3, # α ~ scale · N(0, 1) (reference §2)
+                 factorized_reduce: str = 'darts'): # 'darts' or 'vsdarts' (its code's order, `set_factorized_reduce`)
         super().__init__()
         self.space, self.relaxation = get_space(space), get_relaxation(relaxation)
         self.layers, self.alpha_per_cell = layers, alpha_per_cell
+        self.cell_spaces = self.space.spaces if isinstance(self.space, CellSpaces) else None  # StacNAS: all cells differ
+        if self.cell_spaces is not None and (not alpha_per_cell or len(self.cell_spaces) != layers):
+            raise ValueError(f"space {self.space.name!r} has {len(self.cell_spaces)} cell spaces: it needs "
+                             f"alpha_per_cell=True and layers={len(self.cell_spaces)}, got {alpha_per_cell} and {layers}")
         self.reduction_layers = {layers // 3, 2 * layers // 3} if layers >= 3 else set()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -88,13 +93,15 @@ class Supernet(nn.Module):
         for i in range(layers):
             reduction = i in self.reduction_layers
             if reduction: C_curr *= 2
-            cell = SearchCell(self.space.edges('reduce' if reduction else 'normal'), self.space.nodes,
+            cell_space = self.cell_spaces[i] if self.cell_spaces else self.space
+            cell = SearchCell(cell_space.edges('reduce' if reduction else 'normal'), self.space.nodes,
                               C_pp, C_p, C_curr, reduction, reduction_prev, node_norm)
             self.cells.append(cell)
             reduction_prev = reduction
             C_pp, C_p = C_p, self.space.nodes * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
+        set_factorized_reduce(self, factorized_reduce)
         self._init_alphas(alpha_init_scale)
 
 # %% ../nbs/03_cells.ipynb #2f7ddcde
@@ -107,13 +114,22 @@ def _init_alphas(self: Supernet, scale):
         self.cell_alpha_index.append(counts[t] if self.alpha_per_cell else 0)
         counts[t] += 1
     for t in CELL_TYPES:
-        edges = self.space.edges(t)
-        max_ops = max(len(e) for e in edges)
-        mask = torch.zeros(len(edges), max_ops, dtype=torch.bool)
-        for e, ops in enumerate(edges): mask[e, :len(ops)] = True
         k = max(counts[t], 1) if self.alpha_per_cell else 1
-        self.register_buffer(f'mask_{t}', mask)
-        setattr(self, f'alpha_{t}', nn.Parameter(scale * torch.randn(k, len(edges), max_ops)))
+        rows = [self.space_of(t, r).edges(t) for r in range(k)]  # the candidate lists each α row holds
+        max_ops = max(len(ops) for edges in rows for ops in edges)
+        mask = torch.zeros(k, len(rows[0]), max_ops, dtype=torch.bool)
+        for r, edges in enumerate(rows):
+            for e, ops in enumerate(edges): mask[r, e, :len(ops)] = True
+        # one mask per cell type, or per α row when every cell has its own space
+        self.register_buffer(f'mask_{t}', mask if self.cell_spaces else mask[0])
+        setattr(self, f'alpha_{t}', nn.Parameter(scale * torch.randn(k, len(rows[0]), max_ops)))
+
+@patch
+def space_of(self: Supernet, cell_type: str, row: int = 0) -> SearchSpace:
+    "The space whose `cell_type` lists α row `row` of that type holds: the one space, or that cell's own."
+    if self.cell_spaces is None: return self.space
+    cells = [i for i, cell in enumerate(self.cells) if cell.reduction == (cell_type == 'reduce')]
+    return self.cell_spaces[cells[row]] if cells else self.cell_spaces[0]
 
 # %% ../nbs/03_cells.ipynb #4ddd338b
 @patch

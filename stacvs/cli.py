@@ -271,7 +271,9 @@ def cmd_repro(args):
     summary = run_batch(args.items, args.profile, args.out, overrides, args.notebooks, show_progress=not args.quiet,
                         overwrite=args.overwrite)
     failed = [s for s in summary if s['status'] == 'failed']
-    print(f"{len(summary) - len(failed)} item(s) complete or skipped, {len(failed)} failed; report: {args.out}/report.md")
+    not_run = [s for s in summary if s['status'] == 'not run']  # no profile of that name (the report says why)
+    print(f"{len(summary) - len(failed) - len(not_run)} item(s) complete or skipped, {len(failed)} failed"
+          + (f", {len(not_run)} not run (no {args.profile} profile)" if not_run else '') + f"; report: {args.out}/report.md")
     for f in failed: print(f"  {f['item']}: {f.get('exception') or f['error']}: {str(f['message']).strip()[-300:]}")
     if failed: raise SystemExit(1)  # a batch with a failed item is not a success
     return summary
@@ -390,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('items', nargs='*', metavar='ITEM|DIR',
                    help="run: item ids (see `list`), or `all`; report: the batch directory (default: --out); "
                         "params: one item id (its profile's parameters as YAML, for papermill -f)")
-    p.add_argument('--profile', choices=['smoke', 'quick', 'paper'], default='smoke',
-                   help='smoke: CPU minutes; quick: one GPU, under an hour; paper: the published protocol')
+    p.add_argument('--profile', choices=['smoke', 'quick', 'paper', 'cpu'], default='smoke',
+                   help='smoke: CPU minutes; quick: one GPU, under an hour; paper: the published protocol; '
+                        "cpu: Fashion-MNIST, 10-20 min per item on 2 cores, each paper's claim checked")
     p.add_argument('--out', default='repro-runs', help='batch directory (default: repro-runs)')
     p.add_argument('--seeds', type=int, nargs='+', help="seeds for every item (default: each profile's)")
     p.add_argument('--device', help='auto, cpu, cuda, cuda:N (default: the profile\'s)')

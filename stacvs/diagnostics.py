@@ -132,23 +132,54 @@ class NodeVariance(StepHooks):
     def record(self): return dict(super().record(), cell_types=self.cell_types, every=self.every)
 
 # %% ../nbs/13_diagnostics.ipynb #cefa4cd2
+import inspect
+from matplotlib.lines import Line2D
+from .figures import (COLUMN_WIDTH, PAGE_WIDTH, paper_style, new_figure, figure_title, integer_epochs,
+                            plain_numbers, legend_outside, series_styles, op_styles, input_name, nodes_for_edges, run_label)
+
+def _grid(n: int, ncols: int = 4) -> tuple[int, int]:
+    "Rows and columns of small multiples for `n` panels, at most `ncols` wide."
+    cols = max(1, min(n, ncols))
+    return -(-max(n, 1) // cols), cols
+
+def _span_at_least(ax, values, reference: float = 1., fraction: float = 0.1):
+    "y-limits holding `values` and `reference`, at least `fraction` × max(|y|, reference) wide: 0.99999 vs 1 stays flat."
+    finite = [v for v in values if v is not None] + [reference]
+    lo, hi = min(finite), max(finite)
+    least = fraction * max(abs(lo), abs(hi), abs(reference))
+    if hi - lo < least: mid = (lo + hi) / 2; lo, hi = mid - least / 2, mid + least / 2
+    pad = 0.05 * (hi - lo)
+    ax.set_ylim(lo - pad, hi + pad)
+
+@paper_style
 def plot_node_variance(history, # `NodeVariance.history`, the instrument, or its JSON dict
-                       cells=None) -> Figure: # cell indices to draw (default all)
-    "Node output variance over epochs, one panel per cell (VS-DARTS Fig. 3)."
+                       cells=None, # cell indices to draw (default all)
+                       title: str | None = None, # default: what is shown
+                       subtitle: str | None = None) -> Figure: # e.g. the run and its setting
+    "Node output variance over epochs, one panel per cell, 1 dashed (VS-DARTS Fig. 3)."
     records = _records(history)
     cell_types = history.get('cell_types') if isinstance(history, dict) else getattr(history, 'cell_types', None)
     n_cells = len(records[0]['variance']) if records else 0
     cells = list(range(n_cells)) if cells is None else list(cells)
-    fig, axes = plt.subplots(1, max(len(cells), 1), figsize=(3.2 * max(len(cells), 1), 2.8), squeeze=False)
-    epochs = [r['epoch'] for r in records]
-    for ax, c in zip(axes[0], cells):
-        for n in range(len(records[0]['variance'][c])):
-            ax.plot(epochs, [r['variance'][c][n] for r in records], marker='o', label=f'node {n}')
-        ax.set_title(f"cell {c}" + (f" ({cell_types[c]})" if cell_types else ''), fontsize=9)
-        ax.set_xlabel('epoch'); ax.axhline(1, color='#bbbbbb', lw=0.8, ls='--')
-    axes[0][0].set_ylabel('variance of node output'); axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    rows, cols = _grid(len(cells))
+    fig, axes = new_figure(PAGE_WIDTH if cols > 2 else COLUMN_WIDTH + 1, 1.7 * rows + 0.7, rows, cols,
+                           sharex=True, sharey=True, squeeze=False)
+    epochs, flat = [r['epoch'] for r in records], axes.ravel()
+    values = [v for r in records for c in cells for v in r['variance'][c]]
+    for k, (ax, c) in enumerate(zip(flat, cells)):
+        nodes = len(records[0]['variance'][c])
+        for n, style in zip(range(nodes), series_styles(nodes)):
+            ax.plot(epochs, [r['variance'][c][n] for r in records], marker='o', ms=2.5, lw=1.1, label=f'node {n}', **style)
+        ax.axhline(1, color='#999999', lw=0.8, ls='--', label='1 (unit variance)')
+        ax.set_title(f"cell {c}" + (f" ({cell_types[c]})" if cell_types else ''))
+        integer_epochs(ax); plain_numbers(ax)
+        if k % cols == 0: ax.set_ylabel('variance of node output')
+        if k >= len(cells) - cols: ax.set_xlabel('epoch')
+    for ax in flat[len(cells):]: ax.set_axis_off()
+    if cells:
+        _span_at_least(flat[0], values)
+        legend_outside(flat[cols - 1] if len(cells) >= cols else flat[len(cells) - 1])
+    return figure_title(fig, title or 'variance of each node\'s output per epoch', subtitle)
 
 # %% ../nbs/13_diagnostics.ipynb #bd5b9eff
 def selection_weights(model, cell_type: str) -> torch.Tensor:
@@ -186,21 +217,35 @@ class NoneWeight(Instrument):
         self.write(search)
 
 # %% ../nbs/13_diagnostics.ipynb #52c16666
+_NONE_LABELS = {'beta_none': 'β of none', 'mixing_none': 'mixing weight of none'}
+
+@paper_style
 def plot_none_weight(history, # `NoneWeight.history`, the instrument, or its JSON dict
-                     epoch: int = -1, # which record to draw (default the last)
-                     key: str = 'beta_none') -> Figure: # or 'mixing_none'
-    "Bars of β_none per node, N_i for normal and R_i for reduction cells, at one epoch (VS-DARTS Fig. 4)."
-    rec = _records(history)[epoch]
-    labels, values, colours = [], [], []
-    for t, prefix, colour in (('normal', 'N', '#1f77b4'), ('reduce', 'R', '#ff7f0e')):
-        for i, v in enumerate(rec[key][t]):
-            labels.append(f"{prefix}{i}"); values.append(v if v is not None else 0.); colours.append(colour)
-    fig, ax = plt.subplots(figsize=(0.5 * len(labels) + 1.5, 2.8))
-    ax.bar(labels, values, color=colours)
-    ax.set_ylabel('β of none' if key == 'beta_none' else 'mixing weight of none')
-    ax.set_title(f"epoch {rec['epoch']}", fontsize=9)
-    fig.tight_layout()
-    return fig
+                     epoch: int | None = None, # None: every epoch (lines); an index (-1: the last): bars at that epoch
+                     key: str = 'beta_none', # or 'mixing_none'
+                     title: str | None = None, # default: what is shown
+                     subtitle: str | None = None) -> Figure: # e.g. the run and its setting
+    "β of `none` per intermediate node (mean over its incoming edges), normal and reduction cell (VS-DARTS Fig. 4)."
+    records = _records(history)
+    if key not in _NONE_LABELS: raise ValueError(f"key must be one of {list(_NONE_LABELS)}, got {key!r}")
+    fig, axes = new_figure(PAGE_WIDTH * 0.75, 2.3, 1, 2, sharey=True)
+    what = f"{_NONE_LABELS[key]} per node (mean over its incoming edges)"
+    for ax, t in zip(axes, ('normal', 'reduce')):
+        nodes = len(records[0][key][t]) if records else 0
+        if epoch is None:
+            for n, style in zip(range(nodes), series_styles(nodes)):
+                ax.plot([r['epoch'] for r in records], [r[key][t][n] for r in records], marker='o', ms=2.5, lw=1.1,
+                        label=f'node {n}', **style)
+            ax.set_xlabel('epoch'); integer_epochs(ax)
+        else:
+            rec = records[epoch]
+            ax.bar([f'node {n}' for n in range(nodes)], [v if v is not None else 0. for v in rec[key][t]],
+                   color=[s['color'] for s in series_styles(nodes)])
+            ax.set_xlabel(f"intermediate node (epoch {rec['epoch']})")
+        ax.set_title('normal cell' if t == 'normal' else 'reduction cell')
+    axes[0].set_ylabel(_NONE_LABELS[key])
+    if epoch is None: legend_outside(axes[1])
+    return figure_title(fig, title or what, subtitle)
 
 # %% ../nbs/13_diagnostics.ipynb #d3388dbe
 def _op_grad_norm(module: nn.Module) -> torch.Tensor:
@@ -258,21 +303,31 @@ class SepConvGradNorm(Instrument):
     def record(self): return dict(super().record(), op=self.op, before_optimizer=self.before_optimizer)
 
 # %% ../nbs/13_diagnostics.ipynb #96442f46
+@paper_style
 def plot_grad_norm(history, # `SepConvGradNorm.history`, the instrument, or its JSON dict
                    cell_type: str = 'normal', # 'normal' or 'reduce'
-                   edges=None) -> Figure: # edge indices to draw (default every edge that offers the op)
-    "Gradient norm of the op's weights per edge over epochs (VS-DARTS Fig. 5)."
+                   edges=None, # edge indices to draw (default every edge that offers the op)
+                   title: str | None = None, # default: what is shown
+                   subtitle: str | None = None) -> Figure: # e.g. the run and its setting
+    "Gradient norm of the op's weights per edge over epochs, a panel per node, a colour per input (VS-DARTS Fig. 5)."
     records = _records(history)
+    op = history.get('op') if isinstance(history, dict) else getattr(history, 'op', None)
     n = len(records[0]['grad_norm'][cell_type]) if records else 0
-    edges = [e for e in range(n) if records[0]['grad_norm'][cell_type][e] is not None] if edges is None else edges
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    for e in edges:
-        ax.plot([r['epoch'] for r in records], [r['grad_norm'][cell_type][e] for r in records], marker='.',
-                label=f'edge {e}')
-    ax.set_xlabel('epoch'); ax.set_ylabel('gradient norm'); ax.set_title(f"{cell_type} cells", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    return fig
+    edges = [e for e in range(n) if records[0]['grad_norm'][cell_type][e] is not None] if edges is None else list(edges)
+    nodes = nodes_for_edges(n) if n else 1
+    fig, axes = new_figure(PAGE_WIDTH, 2.2, 1, nodes, sharex=True, sharey=True, squeeze=False)
+    styles, epochs = series_styles(nodes + 1), [r['epoch'] for r in records]
+    for e, (node, inp) in enumerate(edge_inputs(nodes)):
+        if e not in edges: continue
+        axes[0][node].plot(epochs, [r['grad_norm'][cell_type][e] for r in records], marker='o', ms=2.5, lw=1.1,
+                           label=f"from {input_name(inp)}", **styles[inp])
+    for node, ax in enumerate(axes[0]):
+        ax.set_title(f"edges into node {node}"); ax.set_xlabel('epoch'); integer_epochs(ax); plain_numbers(ax)
+    axes[0][0].set_ylabel('gradient norm ‖∇w‖')
+    handles = [Line2D([], [], marker='o', ms=2.5, lw=1.1, **styles[i]) for i in range(nodes + 1)]
+    legend_outside(axes[0][-1], handles=handles, labels=[f"from {input_name(i)}" for i in range(nodes + 1)], title='edge')
+    what = f"gradient norm of {op or 'the op'}'s weights w per edge (mean over steps and cells), {cell_type} cells"
+    return figure_title(fig, title or what, subtitle)
 
 # %% ../nbs/13_diagnostics.ipynb #fce2ab4b
 def _covariance(outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -332,20 +387,36 @@ class EdgeStatistics(StepHooks):
     def record(self): return dict(super().record(), cell=self.cell, edge=self.edge, ops=self.ops, every=self.every)
 
 # %% ../nbs/13_diagnostics.ipynb #8bb73bdb
-def plot_edge_statistics(history) -> Figure: # `EdgeStatistics.history`, the instrument, or its JSON dict
-    "σ(ō(x))/σ(x) over epochs, and the covariance of every op pair over epochs (VS-DARTS Fig. 6)."
+@paper_style
+def plot_edge_statistics(history, # `EdgeStatistics.history`, the instrument, or its JSON dict
+                         title: str | None = None, # default: what is shown (and which edge)
+                         subtitle: str | None = None) -> Figure: # e.g. the run and its setting
+    "σ(ō(x))/σ(x) over epochs, then one panel per op: its outputs' covariance with every other op (VS-DARTS Fig. 6)."
     records = [r for r in _records(history) if r['ratio'] is not None]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(8, 3))
-    epochs = [r['epoch'] for r in records]
-    ax0.plot(epochs, [r['ratio'] for r in records], marker='o')
-    ax0.set_xlabel('epoch'); ax0.set_ylabel('σ(ō(x)) / σ(x)')
     ops = records[0]['ops'] if records else []
-    for i, j in itertools.combinations(range(len(ops)), 2):
-        if 'none' in (ops[i], ops[j]): continue  # `none` outputs zeros: its covariances are 0 by construction
-        ax1.plot(epochs, [r['covariance'][i][j] for r in records], marker='.', label=f"{ops[i]}–{ops[j]}")
-    ax1.set_xlabel('epoch'); ax1.set_ylabel('covariance'); ax1.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
+    shown = [op for op in ops if op != 'none']  # `none` outputs zeros: its covariances are 0 by construction
+    rows, cols = _grid(len(shown) + 1)
+    fig, axes = new_figure(PAGE_WIDTH, 1.6 * rows + 0.8, rows, cols, sharex=True, squeeze=False)
+    flat, epochs, styles = axes.ravel(), [r['epoch'] for r in records], op_styles(shown)
+    flat[0].plot(epochs, [r['ratio'] for r in records], marker='o', ms=2.5, lw=1.1, color='#333333')
+    flat[0].axhline(1, color='#999999', lw=0.8, ls='--')
+    flat[0].set(title='σ(mixed output) / σ(input)', ylabel='ratio')
+    for k, (ax, op) in enumerate(zip(flat[1:], shown), start=1):
+        i = ops.index(op)
+        for other in shown:
+            if other != op:
+                ax.plot(epochs, [r['covariance'][i][ops.index(other)] for r in records], lw=1.1, **styles[other])
+        ax.set_title(f"cov({op}, ·)")
+        if k % cols == 0: ax.set_ylabel('covariance')
+    for k, ax in enumerate(flat):
+        if k > len(shown): ax.set_axis_off(); continue
+        integer_epochs(ax); plain_numbers(ax)
+        if k >= len(shown) + 1 - cols: ax.set_xlabel('epoch')
+    legend_outside(flat[cols - 1], handles=[Line2D([], [], lw=1.1, **styles[op]) for op in shown], labels=shown,
+                   title='other op')
+    where = history if isinstance(history, dict) else vars(history) if isinstance(history, Instrument) else {}
+    edge = f" (cell {where['cell']}, edge {where['edge']})" if 'cell' in where and 'edge' in where else ''
+    return figure_title(fig, title or f"statistics of one edge's op outputs{edge}", subtitle)
 
 # %% ../nbs/13_diagnostics.ipynb #c0a3a2f6
 def evaluation_batches(loader, # a loader of (x, y) batches (an `ArrayLoader`'s `eval_loader` is used if it has one)
@@ -458,17 +529,20 @@ def record(self: HessianEigenvalue):
                 smooth=self.smooth, iterations=self.iterations, batches=self.n_batches)
 
 # %% ../nbs/13_diagnostics.ipynb #eeb59b9b
-def plot_hessian_eigenvalue(history) -> Figure: # `HessianEigenvalue.history`, the instrument, or its JSON dict
+@paper_style
+def plot_hessian_eigenvalue(history, # `HessianEigenvalue.history`, the instrument, or its JSON dict
+                            title: str | None = None, # default: what is shown
+                            subtitle: str | None = None) -> Figure: # e.g. the run and its setting
     "The dominant Hessian eigenvalue over epochs, the early-stop epoch marked."
     records = _records(history)
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    ax.plot([r['epoch'] for r in records], [r['eigenvalue'] for r in records], marker='o')
+    fig, ax = new_figure(PAGE_WIDTH * 0.75, 2.3)
+    ax.plot([r['epoch'] for r in records], [r['eigenvalue'] for r in records], marker='o', ms=3, lw=1.1, label='dominant eigenvalue')
     for r in records:
         if r.get('stopped'): ax.axvline(r['epoch'], color='#d62728', ls='--', label=f"stop (α of epoch {r['alpha_from_epoch']})")
-    ax.set_xlabel('epoch'); ax.set_ylabel('dominant eigenvalue of ∇²α L')
-    if any(r.get('stopped') for r in records): ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    ax.set_xlabel('epoch'); ax.set_ylabel('dominant eigenvalue')
+    integer_epochs(ax); plain_numbers(ax)
+    if any(r.get('stopped') for r in records): legend_outside(ax)
+    return figure_title(fig, title or 'dominant eigenvalue of ∇²α L (validation loss) per epoch', subtitle)
 
 # %% ../nbs/13_diagnostics.ipynb #43c60278
 DIAGNOSTICS = Registry('diagnostic', "`DIAGNOSTICS.register({name!r}, (InstrumentClass, plot_function_or_None))`")
@@ -478,8 +552,14 @@ DIAGNOSTICS.register('grad_norm', (SepConvGradNorm, plot_grad_norm))
 DIAGNOSTICS.register('edge_statistics', (EdgeStatistics, plot_edge_statistics))
 DIAGNOSTICS.register('hessian', (HessianEigenvalue, plot_hessian_eigenvalue))
 
+def _pt_oneshot(**kw):
+    "DARTS-PT's one-shot proxy `PTOneShotSelection`; its module builds on this one, so it is imported when made."
+    from stacvs.discretization import PTOneShotSelection
+    return PTOneShotSelection(**kw)
+DIAGNOSTICS.register('pt_oneshot', (_pt_oneshot, None))
+
 def _pt_selection(**kw):
-    "DARTS-PT's `PTSelection`; its module builds on this one, so it is imported when the instrument is made."
+    "The old name of 'pt_oneshot' (`PTSelection` warns and names the new one)."
     from stacvs.discretization import PTSelection
     return PTSelection(**kw)
 DIAGNOSTICS.register('pt_selection', (_pt_selection, None))
@@ -498,12 +578,15 @@ class DiagnosticPlots:
     "Writes `diagnostics/<name>.png` for each instrument when the search ends (after the instruments' own end)."
     def __init__(self, instruments): self.instruments = list(instruments)
     def on_end(self, search, result):
-        if search.run_dir is None: return
+        rd = search.run_dir
+        if rd is None: return
+        subtitle = f"{run_label(rd.read_config())} [{rd.path.name}]" if rd.config_path.exists() else None
         for inst in self.instruments:
             plot = next((plot for cls, plot in DIAGNOSTICS.values() if type(inst) is cls), None)
             if plot is None or not inst.history: continue
-            fig = plot(inst.history)
-            fig.savefig(Path(search.run_dir.path) / 'diagnostics' / f'{inst.name}.png', dpi=110, bbox_inches='tight')
+            named = {'subtitle': subtitle} if 'subtitle' in inspect.signature(plot).parameters else {}
+            fig = plot(inst.record(), **named)  # the instrument's JSON: its history and settings (cell types, op, edge)
+            fig.savefig(Path(rd.path) / 'diagnostics' / f'{inst.name}.png', dpi=110, bbox_inches='tight')
             plt.close(fig)
 
 def make_diagnostics(names, # instrument names (keys of the registry)

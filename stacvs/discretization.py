@@ -4,7 +4,8 @@
 
 # %% ../nbs/13a_discretization.ipynb #2061d554
 from __future__ import annotations
-import copy, itertools, math
+import copy, itertools, math, warnings
+from dataclasses import replace
 from contextlib import contextmanager
 import numpy as np
 import torch
@@ -18,10 +19,14 @@ from .genotypes import Genotype, make_genotype, genotype_to_dict
 from .diagnostics import (Instrument, suspended_recording, selection_weights, evaluation_batches,
                                 supernet_accuracy)
 from .evaluation import logits_of, model_device, seeded
+from .runs import get_rng_state, set_rng_state, check_number
+from .search import Search
 
 # %% auto #0
-__all__ = ['without_op', 'only_op', 'without_edge', 'edited_mixing_weights', 'pt_proxy_strength', 'discretization_accuracy',
-           'edge_betas', 'beta_accuracy_correlation', 'plot_beta_vs_accuracy', 'pt_select_genotype', 'PTSelection']
+__all__ = ['discretization_accuracy', 'pt_select_genotype', 'without_op', 'only_op', 'without_edge', 'edited_mixing_weights',
+           'pt_proxy_strength', 'discretization_accuracy_proxy', 'discretization_tuner', 'tune_to_convergence',
+           'converged_discretization_accuracy', 'edge_betas', 'beta_accuracy_correlation', 'plot_beta_vs_accuracy',
+           'pt_oneshot_genotype', 'PTOneShotSelection', 'PTSelection']
 
 # %% ../nbs/13a_discretization.ipynb #ef97f500
 def without_op(op: int): # position of the op on the edge
@@ -97,16 +102,16 @@ def _finetune(model, train_loader, steps, lr, momentum, weight_decay, grad_clip)
         nn.utils.clip_grad_norm_(model.weights(), grad_clip)
         opt.step()
 
-def discretization_accuracy(search_or_model, # a `Search` (its model, train loader and lr) or a `Supernet`
-                            loader, # evaluation data
-                            edge: int, op, # the edge, and the op (name or position) it is fixed to
-                            finetune_steps: int = 10, # SGD steps on a copy with the edge fixed (0: none)
-                            cell_type: str = 'normal',
-                            train_loader=None, # fine-tuning data (default: the search's train loader, or `loader`)
-                            lr: float | None = None, # default: the search's current weight lr, or 0.025
-                            momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float = 5.,
-                            max_batches: int | None = 4, seed: int = 0) -> float:
-    "Accuracy of a copy of the supernet with one edge fixed to `op`, after brief fine-tuning (VS-DARTS Fig. 2)."
+def discretization_accuracy_proxy(search_or_model, # a `Search` (its model, train loader and lr) or a `Supernet`
+                                  loader, # evaluation data
+                                  edge: int, op, # the edge, and the op (name or position) it is fixed to
+                                  finetune_steps: int = 10, # SGD steps on a copy with the edge fixed (0: none)
+                                  cell_type: str = 'normal',
+                                  train_loader=None, # fine-tuning data (default: the search's train loader, or `loader`)
+                                  lr: float | None = None, # default: the search's current weight lr, or 0.025
+                                  momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float = 5.,
+                                  max_batches: int | None = 4, seed: int = 0) -> float:
+    "A proxy of Fig. 2's discretization accuracy: a copy with one edge fixed to `op`, after a few plain SGD steps."
     search = search_or_model if hasattr(search_or_model, 'model') else None
     model = search.model if search else search_or_model
     train_loader = train_loader or (search.train_loader if search else loader)
@@ -118,6 +123,78 @@ def discretization_accuracy(search_or_model, # a `Search` (its model, train load
             with seeded(seed, model_device(model)):
                 if finetune_steps: _finetune(model, train_loader, finetune_steps, lr, momentum, weight_decay, grad_clip)
             return supernet_accuracy(model, evaluation_batches(loader, max_batches, model_device(model)), seed)
+
+discretization_accuracy = discretization_accuracy_proxy  # the old name: still works (same function, the proxy)
+
+# %% ../nbs/13a_discretization.ipynb #c0a1f202
+def discretization_tuner(search: Search, # a trained `Search` (left as it is)
+                         epochs: int, # the fine-tuning budget: the cosine schedule spans it
+                         lr_factor: float = 0.1, # weight lr = the search's w_lr × this (DARTS-PT: learning_rate / 10)
+                         max_steps_per_epoch: int | None = None) -> Search: # None: the search's
+    "A `Search` that fine-tunes a copy of `search`'s supernet with the search's own update rule and optimizer setup."
+    c = search.config
+    if getattr(search.dist, 'active', False):
+        raise ValueError("the discretization accuracy is measured in a single process, not under torchrun")
+    config = replace(c, out=None, resume=False, overwrite=False, override=(), epochs=epochs, w_lr=c.w_lr * lr_factor,
+                     max_steps_per_epoch=max_steps_per_epoch or c.max_steps_per_epoch,
+                     accelerate=False, progress=False, quiet=True, tensorboard=False)  # the copy keeps the speed-ups
+    with suspended_recording(): model = copy.deepcopy(search.model)
+    tuner = Search(config, model=model, loaders=(search.train_loader, search.valid_loader))  # its weight_optimizer: LARC or SGD
+    tuner.channels_last = search.channels_last
+    tuner.a_optimizer.load_state_dict(copy.deepcopy(search.a_optimizer.state_dict()))  # α's Adam goes on as it was
+    return tuner
+
+def tune_to_convergence(tuner: Search, # from `discretization_tuner`
+                        edits: dict, # {(cell_type, edge): edit} held during tuning and evaluation (`edited_mixing_weights`)
+                        batches, # validation batches evaluated after each epoch (`evaluation_batches`)
+                        epochs: int, # at most this many epochs
+                        patience: int | None = None, # converged: no gain above `tol` for this many epochs (None: all epochs)
+                        tol: float = 0.0, # the accuracy gain (a fraction) that counts as progress
+                        seed: int = 0) -> tuple[list[dict], bool]: # evaluation seed
+    "Fine-tune with `edits` in force, epoch by epoch; each epoch's record (valid_acc after it), and whether it converged."
+    history, best, stale = [], -math.inf, 0
+    with edited_mixing_weights(tuner.model, edits), suspended_recording():
+        for epoch in range(1, epochs + 1):
+            lr = tuner.scheduler.get_last_lr()[0]
+            stats = tuner.train_epoch()  # the search's update rule, data, grad clip and optimizer
+            tuner.scheduler.step(); tuner.epoch += 1; tuner.step_in_epoch = 0
+            acc = supernet_accuracy(tuner.model, batches, seed)
+            history.append(dict(epoch=epoch, lr=lr, **stats, valid_acc=acc))
+            stale, best = (0, acc) if acc > best + tol else (stale + 1, best)
+            if patience and stale >= patience: return history, True
+    return history, False
+
+def converged_discretization_accuracy(search: Search, # a trained `Search`: its supernet, data, update rule, optimizer
+                                      edge: int, op, # the edge, and the op (name or position) it is fixed to
+                                      cell_type: str = 'normal',
+                                      epochs: int = 10, # the budget: at most this many fine-tuning epochs
+                                      patience: int | None = 3, # converged: no gain above `tol` for this many epochs
+                                      tol: float = 1e-3, # the accuracy gain (a fraction) that counts as progress
+                                      lr_factor: float = 0.1, # weight lr: the search's × this (DARTS-PT: / 10)
+                                      max_steps_per_epoch: int | None = None, # steps per tuning epoch (None: the search's)
+                                      max_batches: int | None = None, # validation batches per evaluation (None: all)
+                                      seed: int | None = None) -> dict: # evaluation seed (None: the search's)
+    "VS-DARTS Fig. 2's discretization accuracy at convergence (DARTS-PT): the edge fixed, a copy tuned until converged."
+    check_number(epochs, 'epochs', at_least=1, integer=True)
+    check_number(patience, 'patience', at_least=1, integer=True, optional=True)
+    check_number(tol, 'tol', at_least=0); check_number(lr_factor, 'lr_factor', above=0)
+    i = _op_index(search.model, cell_type, edge, op)
+    seed = search.config.seed if seed is None else seed
+    loaders = [l for l in (search.train_loader, search.valid_loader) if l is not None]
+    cursors, generators = [l.state_dict() for l in loaders], get_rng_state()
+    try:
+        tuner = discretization_tuner(search, epochs, lr_factor, max_steps_per_epoch)
+        batches = evaluation_batches(search.valid_loader or search.train_loader, max_batches, search.device)
+        history, converged = tune_to_convergence(tuner, {(cell_type, edge): only_op(i)}, batches, epochs, patience, tol,
+                                                 seed)
+    finally:  # the search's data cursors and every random generator as they were
+        for loader, cursor in zip(loaders, cursors): loader.load_state_dict(cursor)
+        set_rng_state(generators)
+    return dict(cell_type=cell_type, edge=edge, op=search.model.space.edges(cell_type)[edge][i],
+                accuracy=history[-1]['valid_acc'], epochs=len(history), converged=converged,
+                optimizer=type(tuner.w_optimizer).__name__, lr=tuner.config.w_lr, history=history,
+                budget=dict(epochs=epochs, patience=patience, tol=tol, lr_factor=lr_factor,
+                            max_steps_per_epoch=tuner.config.max_steps_per_epoch, eval_batches=len(batches)))
 
 # %% ../nbs/13a_discretization.ipynb #ff6e623c
 def edge_betas(model: nn.Module, cell_type: str = 'normal', edge: int = 0) -> list[float]:
@@ -146,17 +223,29 @@ def beta_accuracy_correlation(betas, # β of each op (e.g. `edge_betas`)
     pearson = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float('nan')
     return dict(pearson=pearson, kendall_tau=_kendall_tau_b(a, b))
 
+from matplotlib.ticker import MaxNLocator
+from .figures import COLUMN_WIDTH, new_figure, paper_style, paper_fonts, axes_title, op_styles, legend_outside
+
+@paper_style
 def plot_beta_vs_accuracy(betas, accuracies, # as for `beta_accuracy_correlation`
                           ops=None, # op names to label the points
-                          ax=None, title: str | None = None) -> Figure:
+                          ax=None, title: str | None = None, # e.g. which edge
+                          subtitle: str | None = None, # e.g. the run and its setting
+                          legend: bool = True) -> Figure: # False: leave the op key to a neighbouring panel
     "β against discretization accuracy for the ops of an edge, with the correlations (VS-DARTS Fig. 2)."
-    if ax is None: _, ax = plt.subplots(figsize=(4, 3))
-    ax.scatter(betas, accuracies)
-    for i, name in enumerate(ops or []): ax.annotate(name, (betas[i], accuracies[i]), fontsize=7)
+    if ax is None: _, ax = new_figure(COLUMN_WIDTH + 1.2, 2.4)
+    if ops:  # the cell diagrams' colour per op family, a marker per op; named in a legend beside the data
+        styles, markers = op_styles(ops), 'os^Dv<>ph*'
+        for i, op in enumerate(ops):
+            ax.scatter([betas[i]], [accuracies[i]], color=styles[op]['color'], marker=markers[i % len(markers)],
+                       s=18, zorder=3, label=op)
+        if legend: legend_outside(ax, title='op')
+    else: ax.scatter(betas, accuracies, s=18, zorder=3)
+    ax.margins(x=0.1, y=0.1); ax.xaxis.set_major_locator(MaxNLocator(4))  # β differ in the 4th digit: few ticks
     c = beta_accuracy_correlation(betas, accuracies)
-    ax.set_xlabel('β'); ax.set_ylabel('discretization accuracy')
-    ax.set_title(f"{title + ': ' if title else ''}r = {c['pearson']:.2f}, τ = {c['kendall_tau']:.2f}", fontsize=9)
-    ax.figure.tight_layout()
+    ax.set_xlabel('β = softmax(α) of the op'); ax.set_ylabel('discretization accuracy')
+    paper_fonts(ax)
+    axes_title(ax, f"{title + ': ' if title else ''}r = {c['pearson']:.2f}, τ = {c['kendall_tau']:.2f}", subtitle)
     return ax.figure
 
 # %% ../nbs/13a_discretization.ipynb #89aa82b2
@@ -181,12 +270,12 @@ def _select_inputs(model, batches, edits, cell_type, node, nodes, seed, k=2):
             drops[e] = base - supernet_accuracy(model, batches, seed)
     return sorted(incoming, key=lambda e: -drops[e])[:k]
 
-def pt_select_genotype(model: nn.Module, # a trained `Supernet`
+def pt_oneshot_genotype(model: nn.Module, # a trained `Supernet`
                        loader, # evaluation data (the valid split)
                        max_batches: int | None = 4, # batches per accuracy evaluation
                        tune_fn=None, # optional tune_fn(model), called after each op decision
                        seed: int = 0) -> Genotype:
-    "The genotype DARTS-PT's perturbation-based selection derives from a supernet."
+    "The genotype of DARTS-PT's perturbation criterion applied once to a frozen supernet (a cheap proxy; see above)."
     space, batches = model.space, evaluation_batches(loader, max_batches, model_device(model))
     edits, chosen, pairs = {}, {}, {}
     for t in CELL_TYPES:  # 1. one op per edge
@@ -204,15 +293,27 @@ def pt_select_genotype(model: nn.Module, # a trained `Supernet`
             pairs[t] += [(space.edges(t)[e][chosen[(t, e)]], inputs[e][1]) for e in kept]
     return make_genotype(pairs['normal'], pairs['reduce'])
 
+pt_select_genotype = pt_oneshot_genotype  # the old name: still works (same function)
+
 # %% ../nbs/13a_discretization.ipynb #2edd5c0b
-class PTSelection(Instrument):
-    "At the end of a search, the DARTS-PT genotype (perturbation-based selection), added to the result as `genotype_pt`."
-    name = 'pt_selection'
+class PTOneShotSelection(Instrument):
+    "At the end of a search, the one-shot DARTS-PT proxy's genotype (`pt_oneshot_genotype`), added to the result."
+    name = 'pt_oneshot'
+    result_keys = ('genotype_pt_oneshot',) # where the genotype goes in the search result
     def __init__(self, max_batches: int | None = 4): # batches per accuracy evaluation
         super().__init__(); self.max_batches = max_batches
     def on_end(self, search, result):
         loader = search.valid_loader or search.train_loader
-        genotype = pt_select_genotype(search.model, loader, self.max_batches, seed=search.config.seed)
-        result['genotype_pt'] = genotype_to_dict(genotype)
-        self.history = [dict(epoch=search.epoch, genotype=result['genotype_pt'])]
+        genotype = genotype_to_dict(pt_oneshot_genotype(search.model, loader, self.max_batches, seed=search.config.seed))
+        for key in self.result_keys: result[key] = genotype
+        self.history = [dict(epoch=search.epoch, genotype=genotype)]
         self.write(search)
+
+class PTSelection(PTOneShotSelection):
+    "The old name of `PTOneShotSelection` (diagnostic `pt_selection`); it also records the genotype as `genotype_pt`."
+    name, result_keys = 'pt_selection', ('genotype_pt_oneshot', 'genotype_pt')
+    def __init__(self, max_batches: int | None = 4):
+        warnings.warn("PTSelection and the diagnostic 'pt_selection' are now PTOneShotSelection and 'pt_oneshot' (the "
+                      "one-shot proxy); DARTS-PT's published progressive projection is --method darts_pt "
+                      "(stacvs.projection)", DeprecationWarning, stacklevel=2)
+        super().__init__(max_batches)

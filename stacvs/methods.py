@@ -11,7 +11,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 import torch
 from .registry import Registry
-from .spaces import SearchSpace, get_space, space_to_dict
+from .spaces import SearchSpace, CellSpaces, get_space, space_to_dict
 from .genotypes import genotype_from_dict, save_cell_diagrams
 from .runs import RunDir, atomic_write_json, to_jsonable
 from .search import SearchConfig, Search
@@ -25,7 +25,7 @@ __all__ = ['METHOD_PRESETS', 'PIPELINES', 'APPENDIX_B', 'APPENDIX_D', 'register_
            'correlation_supernet', 'correlation_protocol', 'measure_groups', 'save_paper_heatmap', 'resolve_groups',
            'confusion_budget', 'confusion_supernet', 'confusion_final', 'measure_final_confusion',
            'stage_depth_candidates', 'choose_depth', 'run_stage', 'choose_representatives', 'stage_alphas',
-           'stage3_space', 'run_two_stage', 'run_method']
+           'stage3_space', 'cell_types', 'matching_row', 'per_cell_stage2_space', 'run_two_stage', 'run_method']
 
 # %% ../nbs/12_methods.ipynb #f57432d2
 METHOD_PRESETS = Registry('method', "`register_method({name!r}, dict(optimization=..., ...))`")
@@ -56,9 +56,9 @@ def method_pipeline(method: str) -> str:
 register_pipeline('single', lambda config, settings, callbacks: Search(config, callbacks()).run())
 # DARTS (reference §3): the SearchConfig defaults
 register_method('darts', dict(optimization='bilevel'))
-# VS-DARTS code (reference §5): first-order bilevel, batch 96, stem multiplier 1, search wd 5e-3
+# VS-DARTS code (reference §5): first-order bilevel, batch 96, stem multiplier 1, search wd 5e-3, its FactorizedReduce
 register_method('vsdarts', dict(optimization='bilevel', node_norm=True, larc=True, relaxation='sqrt', batch_size=96,
-                                stem_multiplier=1, w_weight_decay=5e-3))
+                                stem_multiplier=1, w_weight_decay=5e-3, factorized_reduce='vsdarts'))
 
 # %% ../nbs/12_methods.ipynb #7f176b50
 from .runs import check_choice, check_number
@@ -353,11 +353,12 @@ def choose_representatives(groups, # the operator groups
     if unknown: raise ValueError(f"representatives {unknown} are in no group of {groups}")
     return [next((op for op in names if op in g), None) or group_representative(g) for g in groups]
 
-def stage_alphas(result: dict) -> list[torch.Tensor]:
+def stage_alphas(result: dict,
+                 rows: tuple[int, int] = (0, 0)) -> list[torch.Tensor]: # which α set of each type (alpha_per_cell)
     "α of a stage result as (1, n_edges, max_ops) tensors, padding at −∞."
     out = []
-    for t in ('normal', 'reduce'):
-        rows = result[f'alpha_{t}'][0]
+    for t, row in zip(('normal', 'reduce'), rows):
+        rows = result[f'alpha_{t}'][row]
         width = max(len(r) for r in rows)
         out.append(torch.tensor([r + [float('-inf')] * (width - len(r)) for r in rows])[None])
     return out
@@ -370,12 +371,31 @@ def stage3_space(space2: SearchSpace, result2: dict) -> SearchSpace:
                 for ops, row in zip(space2.edges(t), result2[f'weights_{t}'][0])]
     return SearchSpace('stage3', edges('normal'), edges('reduce'), space2.nodes)
 
+# %% ../nbs/12_methods.ipynb #d5b54903
+def cell_types(layers: int) -> list[str]:
+    "Each cell's type in a `layers`-cell network: 'reduce' at layers//3 and 2·layers//3, as `Supernet` builds it."
+    reduction = {layers // 3, 2 * layers // 3} if layers >= 3 else set()
+    return ['reduce' if i in reduction else 'normal' for i in range(layers)]
+
+def matching_row(ordinal: int, count_to: int, count_from: int) -> int:
+    "The stage-1 cell (of a type) at the relative depth of stage-2 cell `ordinal` among `count_to` of that type."
+    return 0 if count_to <= 1 or count_from <= 1 else round(ordinal * (count_from - 1) / (count_to - 1))
+
+def per_cell_stage2_space(base: SearchSpace, groups, result1: dict, space1: SearchSpace,
+                          layers1: int, layers2: int) -> CellSpaces: # stage 1's and stage 2's depths
+    "Stage 2 with all cells different: each cell's lists grown from the matching stage-1 cell's own α."
+    types1, types2, seen, spaces = cell_types(layers1), cell_types(layers2), {'normal': 0, 'reduce': 0}, []
+    for t in types2:
+        row = matching_row(seen[t], types2.count(t), types1.count(t)); seen[t] += 1
+        alphas = stage_alphas(result1, (row, 0) if t == 'normal' else (0, row))
+        spaces.append(stage2_space(base, groups, alphas, stage1=space1, name=f'stage2_cell{len(spaces)}'))
+    return CellSpaces('stage2', tuple(spaces))
+
 # %% ../nbs/12_methods.ipynb #a59c0537
 def run_two_stage(config: SearchConfig, stages: TwoStageConfig, callbacks=()) -> dict:
     "StacNAS's grouped backward search (or stacvs's, with VS-DARTS switches in `config`); returns the result."
-    if config.alpha_per_cell:
-        raise ValueError("the two-stage methods grow one stage-2 space per cell type, not per cell; "
-                         "use alpha_per_cell with a single-stage method (darts, vsdarts)")
+    if config.alpha_per_cell and stages.stage3:
+        raise ValueError("--stage3 with --alpha-per-cell is not supported: stage 3 grows one space per cell type")
     out = Path(config.out) if config.out else None
     if out:
         rd = RunDir(out)
@@ -391,9 +411,10 @@ def run_two_stage(config: SearchConfig, stages: TwoStageConfig, callbacks=()) ->
     depth, confusion1 = choose_depth(config, stages, space1, out)  # layers='auto': appendix D, both stages
     sub = lambda name: out / name if out else None
     result1, _ = run_stage(replace(config, space=space1, layers=depth), sub('stage1'), callbacks)
-    space2 = stage2_space(base, groups, stage_alphas(result1), stage1=space1, name='stage2')
+    space2 = stage2_space(base, groups, stage_alphas(result1), stage1=space1, name='stage2')  # (per cell: cells 0's)
     depth2, confusion2 = choose_depth(config, stages, space2, out, stage=2,
                                       final=confusion1['table'][0] if confusion1 else None)
+    if config.alpha_per_cell: space2 = per_cell_stage2_space(base, groups, result1, space1, depth, depth2)
     result2, _ = run_stage(replace(config, space=space2, layers=depth2), sub('stage2'), callbacks)
     result = dict(kind='two-stage search', groups=groups, grouping=grouping, stage1_layers=depth, stage2_layers=depth2,
                   confusion=dict(stage1=confusion1, stage2=confusion2) if confusion1 else None,
@@ -407,7 +428,7 @@ def run_two_stage(config: SearchConfig, stages: TwoStageConfig, callbacks=()) ->
         result3, _ = run_stage(replace(config, space=space3, layers=depth2), sub('stage3'), callbacks)
         result.update(stage3_genotype=result3['genotype'], genotype=result3['genotype'])
     if out:
-        save_cell_diagrams(genotype_from_dict(result['genotype']), out)
+        if not config.alpha_per_cell: save_cell_diagrams(genotype_from_dict(result['genotype']), out)
         atomic_write_json(out / 'result.json', to_jsonable(result))
     return result
 
@@ -424,4 +445,4 @@ def run_method(method: str, # a registered method: 'darts', 'stacnas', 'vsdarts'
 
 # %% ../nbs/12_methods.ipynb #e59280f9
 # each imports this module (complete by now) and registers its methods
-from . import pr_darts  # noqa: E402,F401
+from . import pr_darts, robust_darts, projection  # noqa: E402,F401

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from .registry import Registry
 
 # %% auto #0
-__all__ = ['OPS', 'POOLING_OPS', 'register_op', 'check_op_name', 'make_op', 'ReLUConvBN', 'DilConv', 'SepConv',
-           'FactorizedReduce', 'strided_shape', 'Zero', 'Noise']
+__all__ = ['OPS', 'POOLING_OPS', 'FACTORIZED_REDUCE_STYLES', 'register_op', 'check_op_name', 'make_op', 'ReLUConvBN', 'DilConv',
+           'SepConv', 'FactorizedReduce', 'set_factorized_reduce', 'strided_shape', 'Zero', 'Noise']
 
 # %% ../nbs/00_ops.ipynb #28e444ff
 OPS = Registry('operation', "`@register_op({name!r})` on a factory(C, stride, affine) -> nn.Module")
@@ -79,11 +79,27 @@ class FactorizedReduce(nn.Module):
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.post_activation = False  # True: the VS-DARTS code's order, convs → BN → ReLU (`set_factorized_reduce`)
 
     def forward(self, x):
-        x = self.relu(x)
+        if not self.post_activation: x = self.relu(x)
         shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # x moved up and left by a pixel, zeros at the far sides
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        out = self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        return self.relu(out) if self.post_activation else out
+
+# %% ../nbs/00_ops.ipynb #21b9a067
+FACTORIZED_REDUCE_STYLES = ('darts', 'vsdarts') # ReLU → convs → BN (DARTS), or convs → BN → ReLU (VS-DARTS code)
+
+def set_factorized_reduce(model: nn.Module, # a built network or supernet
+                          style: str) -> int: # one of FACTORIZED_REDUCE_STYLES
+    "Put every `FactorizedReduce` of `model` in `style`, in place (parameters unchanged); return how many."
+    if style not in FACTORIZED_REDUCE_STYLES:
+        raise ValueError(f"unknown FactorizedReduce style {style!r}; use one of {FACTORIZED_REDUCE_STYLES}")
+    reduces = [m for m in model.modules() if isinstance(m, FactorizedReduce)]
+    for m in reduces:
+        m.post_activation = style == 'vsdarts'
+        m.bn.momentum, m.bn.eps = (0.01, 1e-3) if style == 'vsdarts' else (0.1, 1e-5)
+    return len(reduces)
 
 # %% ../nbs/00_ops.ipynb #63fe6c0e
 def strided_shape(x: torch.Tensor, stride: int):

@@ -34,7 +34,7 @@ def gate_open_probability(alpha: torch.Tensor, tau: float, a: float = -0.1, b: f
     return torch.sigmoid(alpha - tau * math.log(-a / b))
 
 # %% ../nbs/12c_pr_darts.ipynb #12c0000a
-@register_relaxation
+@register_relaxation(overwrite=True)  # this module's own entries: re-running its cells replaces them
 class GroupGates(Relaxation):
     "PR-DARTS's stochastic gates: each edge keeps the k ops with the largest sampled gates (after random dropping), weight 1."
     name = 'pr_gates'
@@ -146,7 +146,7 @@ def pr_darts_cell(alpha: torch.Tensor, # (n_edges, max_ops) α of one cell type
     return tuple(pairs)
 
 # a derivation rule like DARTS's: `derive='pr_darts'` in a config (the preset below) or `--derive pr_darts`
-register_derive_rule('pr_darts')(lambda alpha, edges, nodes, relaxation, k: pr_darts_cell(alpha, edges, nodes, k))
+register_derive_rule('pr_darts', overwrite=True)(lambda alpha, edges, nodes, relaxation, k: pr_darts_cell(alpha, edges, nodes, k))
 
 # %% ../nbs/12c_pr_darts.ipynb #12c0001b
 class PRDarts:
@@ -197,13 +197,14 @@ class PRDarts:
 
 # %% ../nbs/12c_pr_darts.ipynb #12c0001d
 def run_pr_darts(config, settings, callbacks) -> dict:
-    "The 'pr_darts' pipeline: one search with the method's callbacks, refused up front if its relaxation is not the gates."
+    "The 'pr-darts' pipeline: one search with the method's callbacks, refused up front if its relaxation is not the gates."
     relaxation = get_relaxation(config.relaxation)
     if not isinstance(relaxation, GroupGates):
         raise ValueError(f"--method pr_darts needs --relaxation {GroupGates.name} (its gates), not {relaxation.name!r}")
     return Search(config, callbacks()).run()
 
-register_pipeline('pr_darts', run_pr_darts)
+register_pipeline('pr-darts', run_pr_darts, overwrite=True)
 # salesforce/PR-DARTS: PRDARTS_search/configs/PRDARTS-NASNet-{optimizer,archs}.config and test_PRDARTS.py
 register_method('pr_darts', dict(optimization='bilevel', relaxation=GroupGates.name, derive='pr_darts', layers=6,
-                                 channels=16, epochs=200, batch_size=250, w_weight_decay=5e-4), 'pr_darts', callbacks=lambda: [PRDarts()])
+                                 channels=16, epochs=200, batch_size=250, w_weight_decay=5e-4), 'pr-darts', callbacks=lambda: [PRDarts()],
+                overwrite=True)

@@ -170,7 +170,7 @@ class RunDir:
     "A run's directory: config, checkpoints, JSON-lines log, result and figures."
     RESULTS = ('result.json', 'results.json') # a finished search or training / a finished reproduction item
     STARTED = ('config.json', 'checkpoint.pt', 'checkpoint.prev.pt', 'log.jsonl', 'parameters.json', 'grouping',
-               'confusion', 'stage1', 'stage2', 'stage3') # a run (or a two-stage pipeline) began here
+               'confusion', 'stage1', 'stage2', 'stage3', 'search', 'projection') # a run (or a pipeline's stages) began here
     PRODUCTS = ('log.csv', 'failure.json', 'notebook.ipynb', 'normal.png', 'reduce.png', 'figures', 'diagnostics',
                 'tensorboard') # what runs write beside those; removed with them by `clear`
 

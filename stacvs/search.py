@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .spaces import get_space, space_to_dict
+from .spaces import SearchSpace, get_space, space_to_dict
+from .ops import FACTORIZED_REDUCE_STYLES
 from .cells import Supernet, CELL_TYPES
 from .larc import LARC
 from .accel.core import accelerate
@@ -67,6 +68,7 @@ class SearchConfig(RunOptions):
     a_weight_decay: float = 1e-3 # weight decay of α
     relaxation: str = 'softmax' # 'softmax' (DARTS) or 'sqrt' (VS-DARTS √β)
     node_norm: bool = False # VS-DARTS node normalization
+    factorized_reduce: str = 'darts' # 'darts' (ReLU → convs → BN) or 'vsdarts' (its code: convs → BN → ReLU)
     larc: bool = False # VS-DARTS: LARC (clip mode) around the weight optimizer, after the grad-norm clip
     larc_trust: float = 0.02 # LARC trust coefficient
     alpha_per_cell: bool = False # one α per cell instead of one per cell type
@@ -112,6 +114,7 @@ class SearchConfig(RunOptions):
         check_number(self.seed, 'seed', integer=True)
         if isinstance(self.relaxation, str): check_choice(self.relaxation, 'relaxation', sorted(RELAXATIONS))
         check_choice(self.derive, 'derive', DERIVE_RULES, 'derivation rule')
+        check_choice(self.factorized_reduce, 'factorized_reduce', FACTORIZED_REDUCE_STYLES, 'FactorizedReduce style')
         check_choice(self.dataset, 'dataset', list(DATASETS))
         check_device(self.device)
         check_out_dir(self.out)
@@ -154,7 +157,8 @@ class Search(RunLoop):
             device=self.device, augment=config.augment, shard=self.dist.shard)
         self.model = (model or Supernet(config.channels, self.info.num_classes, config.layers, config.space,
                                         config.stem_multiplier, self.info.in_channels, config.relaxation,
-                                        config.alpha_per_cell, config.node_norm)).to(self.device)
+                                        config.alpha_per_cell, config.node_norm,
+                                        factorized_reduce=config.factorized_reduce)).to(self.device)
         self.model = replicate(self.model, self.dist, config.sync_bn)  # under torchrun: same start, global-batch BN
         # the CPU speed-ups and memory layout the config asks for (`stacvs.accel`): the same sums, faster
         self.channels_last = accelerate(self.model, self.device, config, config.batch_size // self.dist.world_size,
@@ -319,8 +323,11 @@ register_update_rule(SecondOrder())
 def genotype(self: Search):
     "The genotype derived from the current α; with `alpha_per_cell`, a list with one per cell (its own α)."
     m, c = self.model, self.config
+    # the candidate lists α rows i (normal) and j (reduce) hold: the one space, or (one space per cell) their cells'
+    space = lambda i, j: m.space if m.cell_spaces is None else SearchSpace(
+        m.space.name, m.space_of('normal', i).normal, m.space_of('reduce', j).reduce, m.space.nodes)
     derive = lambda i, j: derive_genotype(m.alpha_normal[i].detach().cpu(), m.alpha_reduce[j].detach().cpu(),
-                                          m.space, rule=c.derive, relaxation=m.relaxation)
+                                          space(i, j), rule=c.derive, relaxation=m.relaxation)
     if not c.alpha_per_cell: return derive(0, 0)
     # a cell reads the half of its genotype that matches its type, derived from that cell's α
     return [derive(0, i) if cell.reduction else derive(i, 0) for cell, i in zip(m.cells, m.cell_alpha_index)]
@@ -330,10 +337,10 @@ def alpha_record(self: Search) -> dict:
     "α and the mixing weights of both cell types, as nested lists (padding entries removed)."
     m, out = self.model, {}
     for t in CELL_TYPES:
-        sizes = [len(e) for e in m.space.edges(t)]
+        sizes = [[len(e) for e in m.space_of(t, r).edges(t)] for r in range(getattr(m, f'alpha_{t}').shape[0])]
         alpha, weights = getattr(m, f'alpha_{t}').detach().cpu(), m.mixing_weights(t).detach().cpu()
-        out[f'alpha_{t}'] = [[row[e, :n].tolist() for e, n in enumerate(sizes)] for row in alpha]
-        out[f'weights_{t}'] = [[row[e, :n].tolist() for e, n in enumerate(sizes)] for row in weights]
+        out[f'alpha_{t}'] = [[row[e, :n].tolist() for e, n in enumerate(sizes[r])] for r, row in enumerate(alpha)]
+        out[f'weights_{t}'] = [[row[e, :n].tolist() for e, n in enumerate(sizes[r])] for r, row in enumerate(weights)]
     return out
 
 # %% ../nbs/08_search.ipynb #d3514ccc

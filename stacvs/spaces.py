@@ -12,7 +12,7 @@ from .registry import Registry
 
 # %% auto #0
 __all__ = ['DARTS_OPS', 'SPACES', 'edge_inputs', 'num_edges', 'SearchSpace', 'space_to_dict', 'space_from_dict',
-           'space_from_file', 'register_space', 'get_space']
+           'space_from_file', 'CellSpaces', 'register_space', 'get_space']
 
 # %% ../nbs/01_spaces.ipynb #15f31a0b
 def edge_inputs(nodes: int = 4) -> list[tuple[int, int]]:
@@ -71,8 +71,9 @@ class SearchSpace:
         return tuple(dict.fromkeys(op for e in self.normal + self.reduce for op in e))
 
 # %% ../nbs/01_spaces.ipynb #ee6f64ce
-def space_to_dict(space: SearchSpace) -> dict:
+def space_to_dict(space) -> dict: # a `SearchSpace` (or a `CellSpaces`, below)
     "A JSON-ready dict of `space`."
+    if hasattr(space, 'spaces'): return dict(name=space.name, spaces=[space_to_dict(s) for s in space.spaces])
     return dict(name=space.name, nodes=space.nodes, normal=[list(e) for e in space.normal],
                 reduce=[list(e) for e in space.reduce])
 
@@ -109,6 +110,31 @@ def space_from_file(path) -> SearchSpace: # a JSON file in `space_to_dict`'s for
     try: return space_from_dict(d)
     except ValueError as e: raise ValueError(f"space file {str(path)!r}: {e}") from None
 
+# %% ../nbs/01_spaces.ipynb #c4af925b
+@dataclass(frozen=True)
+class CellSpaces:
+    "One `SearchSpace` per cell, in cell order: cell i searches the candidate lists of its type in `spaces[i]`."
+    name: str # a short name, used in logs and results
+    spaces: tuple[SearchSpace, ...] # one per cell (dicts as `space_to_dict` writes them are accepted)
+
+    def __post_init__(self):
+        spaces = tuple(s if isinstance(s, SearchSpace) else space_from_dict(s) for s in self.spaces)
+        if not spaces: raise ValueError(f"space {self.name!r}: CellSpaces needs one space per cell, got none")
+        if len({s.nodes for s in spaces}) != 1:
+            raise ValueError(f"space {self.name!r}: every cell needs the same number of nodes, got {[s.nodes for s in spaces]}")
+        object.__setattr__(self, 'spaces', spaces)
+
+    nodes = property(lambda self: self.spaces[0].nodes)
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        "Every op name used in any cell, in first-seen order."
+        return tuple(dict.fromkeys(op for s in self.spaces for op in s.ops))
+
+    def edges(self, cell_type: str):
+        raise ValueError(f"space {self.name!r} has one space per cell: read cell i's edges with "
+                         f"`.spaces[i].edges({cell_type!r})`")
+
 # %% ../nbs/01_spaces.ipynb #a196f446
 DARTS_OPS = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect',
              'sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
@@ -142,9 +168,10 @@ register_space(SearchSpace.uniform('s2', ('skip_connect', 'sep_conv_3x3')))
 register_space(SearchSpace.uniform('s3', ('none', 'skip_connect', 'sep_conv_3x3')))
 register_space(SearchSpace.uniform('s4', ('noise', 'sep_conv_3x3')))
 
-def get_space(space) -> SearchSpace: # a registered name, a space JSON file, a `space_to_dict` dict, or a `SearchSpace`
-    "A registered space by name, or the space a JSON file or dict defines (a `SearchSpace` passes through)."
-    if isinstance(space, SearchSpace): return space
-    if isinstance(space, dict): return space_from_dict(space)  # e.g. a config.json's `space`
+def get_space(space) -> SearchSpace | CellSpaces: # a registered name, a JSON file, a dict, or a space
+    "A registered space by name, or the space a JSON file or dict defines (a `SearchSpace` or `CellSpaces` passes through)."
+    if isinstance(space, (SearchSpace, CellSpaces)): return space
+    if isinstance(space, dict):  # e.g. a config.json's `space`
+        return CellSpaces(space.get('name', 'cells'), space['spaces']) if 'spaces' in space else space_from_dict(space)
     if space not in SPACES and (str(space).endswith('.json') or Path(space).is_file()): return space_from_file(space)
     return SPACES.get(space)

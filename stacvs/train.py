@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 from .genotypes import Genotype, get_genotype, genotype_to_dict, save_cell_diagrams, plot_cell
+from .ops import FACTORIZED_REDUCE_STYLES, set_factorized_reduce
 from .networks import NetworkCIFAR, NetworkImageNet, count_parameters, cell_genotypes, is_per_cell
 from .data import train_loaders, get_dataset_info, DatasetInfo
 from .accel.core import accelerate
@@ -78,6 +79,7 @@ class TrainConfig(RunOptions):
     label_smoothing: float | None = None # of the training loss (base: 0, imagenet: 0.1)
     se: bool | None = None # squeeze-and-excitation after every cell (imagenet_aa)
     pool_bn: bool = False # BatchNorm after pooling ops (StacNAS's final network; DARTS has none)
+    factorized_reduce: str = 'darts' # 'darts' (ReLU → convs → BN) or 'vsdarts' (its code: convs → BN → ReLU)
     fraction: float = 1.0 # use this share of the training images (smoke runs)
     max_steps_per_epoch: int | None = None # cap train and test batches per epoch (smoke runs)
     num_workers: int = 0 # DataLoader workers (AutoAugment and ImageNet only)
@@ -95,6 +97,7 @@ class TrainConfig(RunOptions):
         for k, v in PROTOCOLS[self.protocol].items():
             if getattr(self, k) is None: setattr(self, k, v)
         check_choice(self.schedule, 'schedule', SCHEDULES)
+        check_choice(self.factorized_reduce, 'factorized_reduce', FACTORIZED_REDUCE_STYLES, 'FactorizedReduce style')
         for name in ('layers', 'channels', 'epochs', 'batch_size'):
             check_number(getattr(self, name), name, at_least=1, integer=True)
         check_number(self.lr, 'lr', above=0)
@@ -167,8 +170,10 @@ def build_network(config: TrainConfig, info: DatasetInfo | None = None) -> nn.Mo
     "The final network a config describes (drop-path starts at 0; training ramps it)."
     info = info or get_dataset_info(config.dataset)
     net_cls = NetworkImageNet if config.dataset == 'imagenet' else NetworkCIFAR
-    return net_cls(config.channels, info.num_classes, config.layers, config.auxiliary, resolve_genotype(config),
-                   drop_path_prob=0.0, in_channels=info.in_channels, pool_bn=config.pool_bn, se=config.se)
+    net = net_cls(config.channels, info.num_classes, config.layers, config.auxiliary, resolve_genotype(config),
+                  drop_path_prob=0.0, in_channels=info.in_channels, pool_bn=config.pool_bn, se=config.se)
+    set_factorized_reduce(net, config.factorized_reduce)
+    return net
 
 def make_scheduler(optimizer, config: TrainConfig):
     "The per-epoch learning-rate schedule: cosine to `lr_min`, or ×`lr_gamma` per epoch."

@@ -156,3 +156,14 @@ def test_running_stats_after_several_steps_match():
     fused_state, plain_state = run(True), run(False)
     assert any(b.abs().sum() > 0 for b in fused_state if b.dtype == torch.float64)
     _assert_same(fused_state, plain_state)
+
+
+def test_vsdarts_factorized_reduce_is_left_to_its_module_and_gives_the_same_result():
+    "The VS-DARTS code's FactorizedReduce (convs → BN → ReLU) is not fused: the fused cell calls it, with the same sums."
+    from stacvs.ops import set_factorized_reduce, FactorizedReduce
+    vsdarts = lambda model: set_factorized_reduce(model, 'vsdarts')
+    model, fused_run = _step('darts', True, model_hook=vsdarts)
+    assert all(m.post_activation for m in model.modules() if isinstance(m, FactorizedReduce))
+    assert all(fusion_key(op) is None for op in model.cells[1].edges[0]._ops if isinstance(op, FactorizedReduce))
+    _assert_same(fused_run, _step('darts', False, model_hook=vsdarts)[1])
+    with pytest.raises(AssertionError): _assert_same(fused_run, _step('darts', False)[1])  # the style matters

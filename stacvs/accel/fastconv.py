@@ -201,7 +201,7 @@ class FastFactorizedReduce(FactorizedReduce):
         return self.bn(torch.cat([F.conv2d(even, self.conv_1.weight), F.conv2d(odd, self.conv_2.weight)], dim=1))
 
 def swap_factorized_reduces(model: nn.Module) -> int:
-    "Make, in place, each plain `FactorizedReduce` in `model` a `FastFactorizedReduce` (same module); return the count."
-    plain = [m for m in model.modules() if type(m) is FactorizedReduce]
+    "Make, in place, each plain DARTS-style `FactorizedReduce` in `model` a `FastFactorizedReduce`; return the count."
+    plain = [m for m in model.modules() if type(m) is FactorizedReduce and not m.post_activation]  # VS-DARTS's: as is
     for m in plain: m.__class__ = FastFactorizedReduce  # only `forward` differs: parameters and state_dict stay
     return len(plain)

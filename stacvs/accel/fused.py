@@ -58,6 +58,7 @@ def _pool_key(pool):
     return None
 
 def _factorized_reduce_key(op):
+    if op.post_activation: return None  # the VS-DARTS code's order: computed as a module
     bn_key = _bn_key(op.bn)
     if type(op.relu) is not nn.ReLU or bn_key is None: return None
     if not all(_is_pointwise(c, (2, 2)) for c in (op.conv_1, op.conv_2)): return None
