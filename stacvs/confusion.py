@@ -15,9 +15,9 @@ from .runs import check_finite, progress, seed_everything
 from .evaluation import logits_of, preserved
 
 # %% auto #0
-__all__ = ['PAPER_TABLE1', 'default_parameters', 'batch_gradients', 'confusion_from_gradients', 'gradient_confusion',
-           'random_batches', 'confusion_statistic', 'train_briefly', 'closest_depth', 'DegenerateConfusionWarning',
-           'degenerate_confusion', 'match_search_depth', 'plot_confusion_table']
+__all__ = ['PAPER_TABLE1', 'CONFUSION_LABELS', 'default_parameters', 'batch_gradients', 'confusion_from_gradients',
+           'gradient_confusion', 'random_batches', 'confusion_statistic', 'train_briefly', 'closest_depth',
+           'DegenerateConfusionWarning', 'degenerate_confusion', 'match_search_depth', 'plot_confusion_table']
 
 # %% ../nbs/11_confusion.ipynb #741987ea
 def default_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -206,22 +206,44 @@ def match_search_depth(search_model_fn, # depth -> a search network (e.g. a Supe
     return closest_depth(table, statistic), table
 
 # %% ../nbs/11_confusion.ipynb #c638f2c5
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from .figures import (PAGE_WIDTH, paper_style, new_figure, legend_outside, metric_label, axes_title, figure_title,
+                            paper_fonts)
+
+CONFUSION_LABELS = {'zeta_per_param': 'ζ̄ (mean ζ per parameter)', 'zeta_mean': 'mean ζ',
+                    'gradient_confusion': 'ζ̄ (as printed)'}
+
+@paper_style
 def plot_confusion_table(table: list[dict], # rows from `match_search_depth` (or `PAPER_TABLE1`)
                          statistic: str = 'zeta_per_param', # the column to plot
                          ax=None, # matplotlib axes (default: a new figure)
-                         title: str | None = None):
+                         title: str | None = None, # default: 'gradient confusion per network'
+                         subtitle: str | None = None, # a second title line: the data and protocol
+                         legend: bool | str = True) -> Figure: # 'below' the axes; False: a neighbouring panel has it
     "Bars of the confusion statistic per network, the final network's level dashed, the closest search depth marked."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(1.5 + 1.1 * len(table), 3.5))
-    labels = [f"{r['role']}\n{r['layers']} cells" + (f"\nstage {r['stage']}" if r.get('stage') else '') for r in table]
+    own = ax is None
+    if own: _, ax = new_figure(min(PAGE_WIDTH, 2.8 + 0.55 * len(table)), 2.6)
+    labels = [f"{r['layers']}\n" + ('final' if r['role'] == 'final' else f"S{r['stage']}" if r.get('stage') else 'search')
+              for r in table]  # short: five bars fit a column
     distances = [r.get('distance') for r in table if r['role'] == 'search' and r.get('distance') is not None]
     best = min(distances) if distances else None
-    colors = ['tab:gray' if r['role'] == 'final' else 'tab:green' if r.get('distance') == best else 'tab:blue'
-              for r in table]
-    ax.bar(range(len(table)), [r[statistic] for r in table], color=colors)
+    colours = dict(final='#7f7f7f', search='#1f77b4', closest='#2ca02c')
+    kinds = ['final' if r['role'] == 'final' else 'closest' if best is not None and r.get('distance') == best
+             else 'search' for r in table]
+    ax.bar(range(len(table)), [r[statistic] for r in table], color=[colours[k] for k in kinds], width=0.7)
     for r in table:
-        if r['role'] == 'final': ax.axhline(r[statistic], color='tab:gray', linestyle='--', linewidth=1)
+        if r['role'] == 'final': ax.axhline(r[statistic], color=colours['final'], linestyle='--', linewidth=0.8)
     ax.set_xticks(range(len(table)), labels)
-    ax.set_ylabel(statistic)
-    if title: ax.set_title(title)
+    ax.set_xlabel('cells' + (' (S1, S2: search stages)' if any(r.get('stage') for r in table) else ''))
+    ax.set_ylabel(CONFUSION_LABELS.get(statistic, metric_label(statistic)))
+    if legend:
+        names = dict(final='final network (its level dashed)', search='search network', closest='closest to the final')
+        shown = [k for k in colours if k in kinds]
+        legend_outside(ax, 'below' if legend == 'below' else 'right', handles=[Patch(color=colours[k]) for k in shown],
+                       labels=[names[k] for k in shown])
+    paper_fonts(ax)
+    title = title or 'gradient confusion per network'
+    if own: figure_title(ax.figure, title, subtitle)  # a figure of its own: the title spans it
+    else: axes_title(ax, title, subtitle)
     return ax.figure

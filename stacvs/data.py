@@ -20,10 +20,10 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['DATASETS', 'DIGITS_TRAIN_SIZE', 'DatasetInfo', 'get_dataset_info', 'DatasetNotFoundError', 'dataset_missing',
-           'load_arrays', 'derive_seed', 'keyed_generator', 'crop_flip', 'apply_cutout', 'BatchRows', 'shard_rows',
-           'BatchAugment', 'default_augment', 'EpochCursor', 'ArrayLoader', 'ForeverIterator', 'subset_indices',
-           'search_loaders', 'KeyedRandomDataset', 'ResumableDataLoader', 'AutoAugmentArrays', 'imagenet_loaders',
-           'train_loaders', 'synthetic_arrays']
+           'load_arrays', 'idx_folder', 'read_idx', 'require_dataset', 'derive_seed', 'keyed_generator', 'crop_flip',
+           'apply_cutout', 'BatchRows', 'shard_rows', 'BatchAugment', 'default_augment', 'EpochCursor', 'ArrayLoader',
+           'ForeverIterator', 'subset_indices', 'search_loaders', 'KeyedRandomDataset', 'ResumableDataLoader',
+           'AutoAugmentArrays', 'imagenet_loaders', 'train_loaders', 'synthetic_arrays']
 
 # %% ../nbs/06_data.ipynb #6773b4e2
 @dataclass(frozen=True)
@@ -63,12 +63,12 @@ _LAYOUT = dict( # dataset -> (folder under root, files that go there, how to fet
           "download=True); torchvision.datasets.SVHN('ROOT/svhn', split='test', download=True)"),
     mnist=('MNIST/raw', 'train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, '
            't10k-labels-idx1-ubyte (uncompressed IDX)', "torchvision.datasets.MNIST('ROOT', download=True)"),
-    fashion_mnist=('FashionMNIST/raw', 'the same four uncompressed IDX files as MNIST',
+    fashion_mnist=('FashionMNIST/raw', 'the same four IDX files as MNIST (plain or .gz)',
                    "torchvision.datasets.FashionMNIST('ROOT', download=True)"),
     imagenet=('imagenet', 'train/ and val/, each with one sub-folder of images per class', None))
 
-_EXTRA_HINT = dict(fashion_mnist=" Offline on Debian: `apt install dataset-fashion-mnist`, then gunzip "
-                                 "/usr/share/datasets/fashion-mnist/*.gz into that directory.",
+_EXTRA_HINT = dict(fashion_mnist=" Offline on Debian: `apt install dataset-fashion-mnist`, then "
+                                 "--data-root /usr/share/datasets/fashion-mnist (its .gz files are read as they are).",
                    imagenet=" torchvision cannot download ImageNet: get ILSVRC2012 from image-net.org and arrange "
                             "train/ and val/ as ImageFolder layouts (val sorted into class folders).")
 
@@ -79,7 +79,7 @@ def dataset_missing(name: str, root) -> DatasetNotFoundError:
     "The error for dataset `name` whose files are absent (or corrupt) under `root`."
     folder, files, fetch = _LAYOUT[name]
     root_text = str(root) if root is not None else 'ROOT'
-    where = f"{Path(root_text) / folder}"
+    where = f"{Path(root_text) / folder}" + (f" or {root_text} itself" if name in ('mnist', 'fashion_mnist') else '')
     msg = f"dataset {name!r} not found: expected {files} in {where}."
     if root is None: msg += " No data root was given: pass root=... (CLI: --data-root) pointing at the folder above it."
     if fetch: msg += (f" torchvision can download it on a machine with internet: python -c \"import torchvision; "
@@ -107,8 +107,6 @@ def _torchvision_arrays(name, root, split):
         if name == 'svhn':
             ds = tv_datasets.SVHN(str(Path(root) / 'svhn'), split=split, download=False)
             return torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
-        ds = (tv_datasets.MNIST if name == 'mnist' else tv_datasets.FashionMNIST)(root, train=train, download=False)
-        return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
     except (RuntimeError, OSError) as e: # torchvision: "Dataset not found or corrupted"
         raise dataset_missing(name, root) from e
 
@@ -122,7 +120,51 @@ def load_arrays(name: str, # a key of `DATASETS` other than 'imagenet'
     if name == 'imagenet':
         raise ValueError("ImageNet does not fit in memory, so it has no arrays; use train_loaders('imagenet', root)")
     if root is None: raise dataset_missing(name, None)
+    if name in ('mnist', 'fashion_mnist'): return _idx_arrays(name, root, split)  # defined below
     return _torchvision_arrays(name, root, split)
+
+# %% ../nbs/06_data.ipynb #b1d7a002
+import gzip
+
+_IDX_FILES = dict(train=('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+                  test=('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'))
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    return next((p for p in (folder / name, folder / f'{name}.gz') if p.is_file()), None)
+
+def idx_folder(name: str, # 'mnist' or 'fashion_mnist'
+               root) -> Path | None: # the data root
+    "The folder holding all four IDX files: torchvision's (`ROOT/FashionMNIST/raw`) or the root itself (Debian's)."
+    for folder in (Path(root) / _LAYOUT[name][0], Path(root)):
+        if all(_idx_file(folder, f) for files in _IDX_FILES.values() for f in files): return folder
+    return None
+
+def read_idx(path: Path) -> np.ndarray:
+    "A uint8 IDX file (the MNIST format: magic, big-endian dimensions, data), plain or .gz, as an array."
+    with (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f: data = f.read()
+    if data[:3] != b'\x00\x00\x08': raise ValueError(f"{path} is not a uint8 IDX file")
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(data[3]))
+    array = np.frombuffer(data, np.uint8, offset=4 + 4 * len(shape))
+    if array.size != math.prod(shape): raise ValueError(f"{path} holds {array.size} bytes for shape {shape}")
+    return array.reshape(shape)
+
+def _idx_arrays(name, root, split):
+    folder = idx_folder(name, root)
+    if folder is None: raise dataset_missing(name, root)
+    try: images, labels = (read_idx(_idx_file(folder, f)) for f in _IDX_FILES[split])
+    except (OSError, EOFError, ValueError) as e: raise dataset_missing(name, root) from e  # truncated or corrupt
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+def require_dataset(name: str, # a key of `DATASETS`
+                    root) -> None: # the data root (None: only `digits` needs none)
+    "Raise `dataset_missing` now if `name`'s files are not under `root` (a look at the files, nothing read)."
+    get_dataset_info(name)
+    if name == 'digits': return
+    if root is None: raise dataset_missing(name, None)
+    found = (idx_folder(name, root) is not None if name in ('mnist', 'fashion_mnist') else
+             all((Path(root) / 'imagenet' / s).is_dir() for s in ('train', 'val')) if name == 'imagenet' else
+             (Path(root) / _LAYOUT[name][0]).is_dir())
+    if not found: raise dataset_missing(name, root)
 
 # %% ../nbs/06_data.ipynb #e94fafc1
 _ORDER, _AUGMENT, _SAMPLE, _SUBSET, _VALID = range(5) # stream tags, so no two uses of one seed share numbers

@@ -131,21 +131,31 @@ def seed_spread_table(results, # result dicts, or a dict group → list of value
     return rows
 
 # %% ../nbs/12a_experiments.ipynb #c24c4edf
+from .figures import PAGE_WIDTH, paper_style, new_figure, paper_fonts, axes_title, metric_label, integer_epochs
+
+@paper_style
 def plot_seed_spread(groups, # dict group → values, or result dicts (grouped by `group`)
                      key: str = 'test_acc', # the metric (the y label)
                      group: str = 'name', # the result key naming a result's group
-                     ax=None): # axes to draw into; a new figure if None
+                     ax=None, # axes to draw into; a new figure if None
+                     ylabel: str | None = None, # default: `key` in words (e.g. 'test accuracy'); give the unit here
+                     title: str | None = None, # default: '<metric> over seeds'
+                     subtitle: str | None = None): # a second title line: the data, the profile
     "Box and strip plot of a metric per group (StacNAS Figure 2); returns the figure."
     values = group_values(groups, key, group)
     x = [name for name, vs in values.items() for _ in vs]
     y = [v for vs in values.values() for v in vs]
-    if ax is None: _, ax = plt.subplots(figsize=(1.6 + 1.3 * len(values), 3.5), layout='tight')
+    if ax is None: _, ax = new_figure(min(PAGE_WIDTH, 1.4 + 0.8 * len(values)), 2.6)
     with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib's deprecated `vert`; nothing for us to change
         warnings.filterwarnings('ignore', message='vert: bool', category=DeprecationWarning)
         sns.boxplot(x=x, y=y, ax=ax, color='#e8e8e8', showfliers=False, width=0.5)
-    sns.stripplot(x=x, y=y, ax=ax, hue=x, size=6, jitter=0.12, legend=False)
-    ax.set_ylabel(key); ax.set_xlabel('')
-    ax.set_title('runs over seeds')
+    sns.stripplot(x=x, y=y, ax=ax, hue=x, size=4, jitter=0.12, legend=False)
+    ax.set_ylabel(ylabel or metric_label(key)); ax.set_xlabel('')
+    if any(len(str(name)) > 8 for name in values):  # long group names: slanted, so neighbours never overlap
+        ax.set_xticks(ax.get_xticks(), [t.get_text() for t in ax.get_xticklabels()], rotation=30, ha='right',
+                      rotation_mode='anchor')
+    paper_fonts(ax)
+    axes_title(ax, title or f"{ylabel or metric_label(key)} over seeds", subtitle)
     return ax.figure
 
 # %% ../nbs/12a_experiments.ipynb #de0340a3
@@ -169,19 +179,25 @@ def skips_vs_depth(method: str, # 'darts', 'stacnas', 'vsdarts' or 'stacvs'
     return rows
 
 # %% ../nbs/12a_experiments.ipynb #3b1a1918
+@paper_style
 def plot_skips_vs_depth(rows, # from `skips_vs_depth`
-                        ax=None): # axes to draw into; a new figure if None
+                        ax=None, # axes to draw into; a new figure if None
+                        title: str | None = None, # default: '<method> skip connections vs search depth'
+                        subtitle: str | None = None): # a second title line: the data, the profile
     "Skip connections per cell type against search depth: mean ± std over seeds, and each search."
     data = dict(depth=[], skips=[], cell=[])
     for r in rows:
         for t in CELL_TYPES:
             data['depth'].append(r['depth']); data['skips'].append(r[f'skips_{t}']); data['cell'].append(t)
-    if ax is None: _, ax = plt.subplots(figsize=(5, 3.5), layout='tight')
+    if ax is None: _, ax = new_figure(4.5, 2.6)
     sns.lineplot(data=data, x='depth', y='skips', hue='cell', marker='o', errorbar='sd', ax=ax)
     sns.stripplot(data=data, x='depth', y='skips', hue='cell', native_scale=True, dodge=False, jitter=0.15,
                   alpha=0.4, legend=False, ax=ax)
     ax.set_xlabel('cells in the search network'); ax.set_ylabel('skip connections')
-    ax.set_title(f"{rows[0]['method'] if rows else ''} skip connections vs search depth")
+    integer_epochs(ax, 'x'); integer_epochs(ax, 'y')  # depths and counts are whole numbers
+    if ax.get_legend() is not None: sns.move_legend(ax, 'upper left', bbox_to_anchor=(1.02, 1), frameon=False, title='cell')
+    paper_fonts(ax)
+    axes_title(ax, title or f"{rows[0]['method'] if rows else ''} skip connections vs search depth".strip(), subtitle)
     return ax.figure
 
 # %% ../nbs/12a_experiments.ipynb #41a60159
@@ -277,19 +293,24 @@ def alpha_accuracy_rows(standalone_rows, # from `standalone_accuracy`
                  test_acc_std=summarize_seeds(accs)['std'], n=len(accs)) for op, accs in per_op.items()]
 
 # %% ../nbs/12a_experiments.ipynb #442affa9
+@paper_style
 def plot_alpha_vs_accuracy(rows, # from `alpha_accuracy_rows`: op, alpha, test_acc (and test_acc_std)
-                           ax=None): # axes to draw into; a new figure if None
+                           ax=None, # axes to draw into; a new figure if None
+                           title: str | None = None, # shown before the correlations (e.g. the method)
+                           subtitle: str | None = None): # a second title line: the data, the profile
     "Stand-alone accuracy against α, one labelled point per op (StacNAS Figure 5); returns the figure."
     if any('alpha' not in r for r in rows):
         raise ValueError("rows need an 'alpha' per op: join standalone_accuracy's rows with edge_alpha's values "
                          "through alpha_accuracy_rows")
     x, y = [r['alpha'] for r in rows], [r['test_acc'] for r in rows]
-    if ax is None: _, ax = plt.subplots(figsize=(4.5, 3.5), layout='tight')
-    ax.errorbar(x, y, yerr=[r.get('test_acc_std', 0.) for r in rows], fmt='o', capsize=3)
+    if ax is None: _, ax = new_figure(3.5, 2.6)
+    ax.errorbar(x, y, yerr=[r.get('test_acc_std', 0.) for r in rows], fmt='o', ms=4, capsize=2)
     for r in rows: ax.annotate(r['op'], (r['alpha'], r['test_acc']), textcoords='offset points', xytext=(4, 4),
-                               fontsize=8)
+                               fontsize=7)
     ax.margins(x=0.25, y=0.15)  # room for the labels
     corr = alpha_accuracy_correlation(x, y) if len(rows) > 1 else None
     ax.set_xlabel('α (mixing weight)'); ax.set_ylabel('stand-alone test accuracy')
-    if corr: ax.set_title(f"Pearson r = {corr['pearson']:.2f}, Kendall τ = {corr['kendall_tau']:.2f}", fontsize=10)
+    paper_fonts(ax)
+    measured = f"Pearson r = {corr['pearson']:.2f}, Kendall τ = {corr['kendall_tau']:.2f}" if corr else ''
+    if title or measured: axes_title(ax, ': '.join(p for p in (title, measured) if p), subtitle)
     return ax.figure

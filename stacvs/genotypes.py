@@ -231,11 +231,18 @@ def _cell_figsize(nodes):
     "Figure size that gives one state spacing about 1.25 inch, whatever the node count."
     return 1.25 * (nodes + 3.2), 1.25 * (0.45 * nodes + 1.0) + 0.4
 
+def _published_name(genotype) -> str | None:
+    "The name a genotype was given by (e.g. 'DARTS_V2'), if it was given as a published name."
+    return genotype.strip().upper() if isinstance(genotype, str) and genotype.strip().upper() in GENOTYPES else None
+
 def plot_cell(genotype: Genotype, # a genotype (or anything `get_genotype` takes)
               cell_type: str = 'normal', # 'normal' or 'reduce'
-              ax=None) -> Figure: # axes to draw into; a new figure if None
-    "Draw one cell of `genotype` as a DAG; returns the figure."
+              ax=None, # axes to draw into; a new figure if None
+              title: str | None = None, # what the genotype is (e.g. 'DARTS_V2', 'darts search, seed 0'); default: its published name
+              subtitle: str | None = None) -> Figure: # a second title line: the run and its setting
+    "Draw one cell of `genotype` as a DAG, titled with the genotype and the cell type; returns the figure."
     _check_cell_type(cell_type)
+    title = title or _published_name(genotype)
     genotype = get_genotype(genotype)
     pairs, concat = getattr(genotype, cell_type), getattr(genotype, f'{cell_type}_concat')
     nodes = len(pairs) // 2
@@ -253,12 +260,15 @@ def plot_cell(genotype: Genotype, # a genotype (or anything `get_genotype` takes
         ax.text(x, 0, name, ha='center', va='center', fontsize=9, zorder=5,
                 bbox=dict(boxstyle=f'{shape},pad=0.3', fc=face, ec='#555555'))
     ax.set_xlim(-0.6, out + 0.6); ax.set_ylim(bottom, top); ax.set_aspect('equal'); ax.axis('off')
-    ax.set_title(f"{cell_type} cell", fontsize=10)
+    what = f"{'normal' if cell_type == 'normal' else 'reduction'} cell"
+    ax.set_title(f"{title + ': ' if title else ''}{what}" + (f"\n{subtitle}" if subtitle else ''), fontsize=10)
     return ax.figure
 
 def save_cell_diagrams(genotype: Genotype, # a genotype (or anything `get_genotype` takes)
                        out_dir, # directory to write into (created if missing)
-                       prefix: str = '') -> list[Path]: # file name prefix
+                       prefix: str = '', # file name prefix
+                       title: str | None = None, # what the genotype is (default: its published name, if it has one)
+                       subtitle: str | None = None) -> list[Path]: # a second title line, e.g. the run and its setting
     "Write `{prefix}normal.png` and `{prefix}reduce.png` into `out_dir`; returns their paths."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -266,7 +276,8 @@ def save_cell_diagrams(genotype: Genotype, # a genotype (or anything `get_genoty
         path = out_dir / f"{prefix}{cell_type}.png"
         tmp = path.with_name(path.name + '.tmp')
         fig = Figure(figsize=_cell_figsize(len(getattr(get_genotype(genotype), cell_type)) // 2))
-        plot_cell(genotype, cell_type, ax=fig.add_subplot()).savefig(tmp, format='png', dpi=130, bbox_inches='tight')
+        plot_cell(genotype, cell_type, ax=fig.add_subplot(), title=title, subtitle=subtitle).savefig(
+            tmp, format='png', dpi=130, bbox_inches='tight')
         tmp.replace(path)  # atomic: a reader never sees a half-written diagram
         paths.append(path)
     return paths

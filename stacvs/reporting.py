@@ -267,7 +267,10 @@ def train_summary(result: dict, # what `train` returned
             f"run directory: {out} (result.json, log.jsonl, log.csv, checkpoints, figures)"]
 
 # %% ../nbs/07c_reporting.ipynb #3ca447f9
+from .figures import RunFigures
+
 def run_reporters(config, # a SearchConfig or TrainConfig (fields quiet, progress, tensorboard)
                   kind: str = 'search') -> list: # 'search' or 'train': the epoch lines' first word
-    "The callbacks every search and training runs with: epoch lines, log.csv and (optionally) TensorBoard."
-    return [EpochReporter(kind), CsvLog(), *([TensorBoardLogger()] if getattr(config, 'tensorboard', False) else [])]
+    "The callbacks every search and training runs with: epoch lines, log.csv, figures and (optionally) TensorBoard."
+    return [EpochReporter(kind), CsvLog(), RunFigures(),
+            *([TensorBoardLogger()] if getattr(config, 'tensorboard', False) else [])]

@@ -13,12 +13,16 @@ from .paper_values import ITEMS, compare, paper_values, default_notebook_dir, re
 from .runs import RunDir, atomic_write_json, atomic_write_text, to_jsonable, versions, resolve_device, progress
 
 # %% auto #0
-__all__ = ['PROFILES', 'repro_items', 'notebook_dir', 'check_parameters', 'notebook_parameters', 'ReproRun', 'Comparison',
-           'profile_parameters', 'item_parameters', 'check_item_dir', 'run_item', 'write_summary', 'run_batch',
-           'collect_results', 'report_rows', 'plot_paper_vs_measured', 'write_report']
+__all__ = ['PROFILES', 'PROTOCOL_FIELDS', 'VERDICTS', 'CLAIM_KINDS', 'CLAIM_FIELDS', 'repro_items', 'notebook_dir',
+           'check_parameters', 'notebook_parameters', 'ReproRun', 'notebook_defaults', 'protocol_library',
+           'resolve_setting', 'same_setting', 'ProtocolCard', 'resolve_protocol_card', 'check_protocol', 'lookup',
+           'claim_value', 'check_claim', 'evaluate_claim', 'evaluate_claims', 'format_claims', 'machine', 'Comparison',
+           'profile_parameters', 'item_parameters', 'check_item_dir', 'run_item', 'write_summary', 'not_run_reason',
+           'require_data', 'run_batch', 'collect_results', 'report_rows', 'plot_paper_vs_measured', 'item_page',
+           'not_run_items', 'overview_lines', 'write_item_pages', 'write_report']
 
 # %% ../nbs/14_repro.ipynb #9b984c2d
-PROFILES = ('smoke', 'quick', 'paper')
+PROFILES = ('smoke', 'quick', 'paper', 'cpu')
 
 def repro_items(notebooks: str | Path | None = None) -> dict[str, str]:
     "Every reproduction item id (a data file in `notebooks`) with its paper and description."
@@ -34,7 +38,7 @@ def notebook_dir(notebooks: str | Path | None = None) -> Path:
 
 # %% ../nbs/14_repro.ipynb #15f2f2ec
 def check_parameters(item: str, # the notebook's item id
-                     profile: str, # smoke, quick or paper
+                     profile: str, # smoke, quick, paper or cpu
                      seeds, # a list of ints (papermill: -y 'seeds: [0, 1]'; -p passes one value)
                      device: str = 'auto', # auto, cpu, cuda, cuda:N
                      notebooks: str | Path | None = None, # where the item's data file is (default `nbs/repro`)
@@ -98,6 +102,342 @@ class ReproRun:
         self.figures.append(str(path.relative_to(self.out)))
         return path
 
+# %% ../nbs/14_repro.ipynb #pc000002
+import ast, warnings
+
+PROTOCOL_FIELDS = ('setting', 'paper', 'source', 'parameter', 'library', 'fixed', 'reason')
+_BUILTINS = dict(len=len, min=min, max=max, sorted=sorted)  # all a protocol expression may call besides the presets
+
+def notebook_defaults(item: str, notebooks: str | Path | None = None) -> dict:
+    "The literal values of the `parameters` cell of `<item>.ipynb`: what a run has where its profile is silent."
+    path = Path(notebooks or default_notebook_dir()) / f'{item}.ipynb'
+    if not path.exists(): return {}
+    cells = json.loads(path.read_text())['cells']
+    source = next((''.join(c['source']) for c in cells if 'parameters' in c['metadata'].get('tags', [])), '')
+    values = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try: values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError: pass  # not a literal: not a value a profile could set either
+    return values
+
+def protocol_library() -> dict:
+    "The names a `library` expression may use: the code's presets, resolved as a run resolves them."
+    from stacvs.methods import method_config
+    from stacvs.train import train_config
+    return dict(search=lambda method='darts', **kw: method_config(method, **kw)[0],  # a method's SearchConfig
+                stages=lambda method='stacnas', **kw: method_config(method, **kw)[1],  # its pipeline's settings
+                train=train_config)  # a training protocol's TrainConfig
+
+def _evaluate(expression: str, names: dict, what: str):
+    try: return eval(expression, {'__builtins__': _BUILTINS}, names)
+    except NameError as e:
+        raise ValueError(f"{what}: `{expression}` names {e.name!r}, which neither the profile nor the notebook's "
+                         "parameters cell defines") from None
+    except Exception as e:  # a bad expression or preset: named, as a ValueError (a run's `finish` warns on those)
+        raise ValueError(f"{what}: `{expression}` fails: {type(e).__name__}: {e}") from None
+
+def resolve_setting(entry: dict, # one `protocol` entry
+                    parameters: dict, # the run's parameters
+                    what: str = 'protocol setting') -> tuple: # names the entry in errors
+    "(value, where it comes from): the `parameter` expression; if absent or None, the `library` one; else `fixed`."
+    if 'parameter' in entry:
+        value = _evaluate(str(entry['parameter']), parameters, what)
+        if value is not None or 'library' not in entry: return value, f"parameter `{entry['parameter']}`"
+    if 'library' in entry:
+        return _evaluate(entry['library'], {**parameters, **protocol_library()}, what), f"library `{entry['library']}`"
+    if 'fixed' in entry: return entry['fixed'], 'fixed in the notebook'
+    return None, 'not run'
+
+def same_setting(paper, value) -> bool:
+    "Equal as settings: numbers up to rounding (3e-4 is 0.0003), tuples as lists, True only as True."
+    paper, value = to_jsonable(paper), to_jsonable(value)
+    if isinstance(paper, bool) or isinstance(value, bool): return paper is value
+    if isinstance(paper, (int, float)) and isinstance(value, (int, float)):
+        return math.isclose(paper, value, rel_tol=1e-9)
+    if isinstance(paper, list) and isinstance(value, list):
+        return len(paper) == len(value) and all(map(same_setting, paper, value))
+    return paper == value
+
+# %% ../nbs/14_repro.ipynb #pc000003
+def _show(v) -> str:
+    if v is None: return '—'
+    if isinstance(v, float): return f'{v:g}'
+    if isinstance(v, list): return '[' + ', '.join(map(_show, v)) + ']'
+    return str(v)
+
+class ProtocolCard(list):
+    "An item's protocol: one row per setting, the paper's value beside a profile's (text, or Markdown in Jupyter)."
+    def __init__(self, rows=(), item: str = '', profile: str = ''):
+        super().__init__(rows); self.item, self.profile = item, profile
+    @property
+    def undocumented(self) -> list[dict]:
+        "The settings that differ from the paper with no written reason."
+        return [r for r in self if not r['same'] and not r['reason']]
+    def mark(self, row) -> str:
+        return '=' if row['same'] else '≠' if row['reason'] or self.profile != 'paper' else '≠ NO REASON'
+    def title(self) -> str:
+        same, undocumented = sum(r['same'] for r in self), len(self.undocumented)
+        return (f"Protocol card: {self.item}, {self.profile} profile — {same} of {len(self)} settings as the paper, "
+                f"{len(self) - same - undocumented} differ for a written reason, {undocumented} without one")
+    def __str__(self):
+        return '\n'.join([self.title()] + [f"{self.mark(r):2s} {r['setting']}: paper {_show(r['paper'])} | "
+                                           f"{self.profile} profile {_show(r['value'])} ({r['resolved']})" for r in self])
+    def _repr_pretty_(self, p, cycle): p.text(str(self))
+    def markdown(self) -> str:
+        cell = lambda v: str(v).replace('|', '\\|').replace('\n', ' ')
+        reasons = [r['reason'] or '' for r in self]  # a reason repeated from the row above is shown as such
+        reasons = ['as above' if i and reason and reason == reasons[i - 1] else reason for i, reason in enumerate(reasons)]
+        rows = [(r['setting'], _show(r['paper']), _show(r['value']), self.mark(r), r['resolved'], r['source'], reason)
+                for r, reason in zip(self, reasons)]
+        return '\n'.join([f"**{self.title()}**", '',
+                          f"| setting | paper | {self.profile} profile | | value from | paper source | reason |",
+                          '|---|---|---|---|---|---|---|'] + [f"| {' | '.join(map(cell, row))} |" for row in rows])
+    def _repr_markdown_(self): return self.markdown()
+    def show(self):
+        "Display the card in a running notebook (nothing elsewhere)."
+        from IPython import get_ipython
+        if get_ipython() is not None:
+            from IPython.display import display; display(self)
+
+def _check_entry(item: str, entry) -> dict:
+    if not isinstance(entry, dict): raise ValueError(f"{item}.yaml: protocol entry {entry!r} is not a mapping")
+    unknown = sorted(set(entry) - set(PROTOCOL_FIELDS))
+    missing = [k for k in ('setting', 'paper', 'source') if k not in entry]
+    if unknown or missing:
+        raise ValueError(f"{item}.yaml: protocol entry {entry.get('setting')!r}: "
+                         + '; '.join([f"unknown field(s) {unknown}"] * bool(unknown) +
+                                     [f"missing {missing}"] * bool(missing))
+                         + f" (fields: {', '.join(PROTOCOL_FIELDS)})")
+    return entry
+
+def resolve_protocol_card(item: str, # an item id
+                          profile: str = 'paper', # the profile whose settings are compared
+                          parameters: dict | None = None, # a run's (default: the notebook's, then the profile's)
+                          notebooks: str | Path | None = None) -> ProtocolCard: # where the item's files are
+    "The item's protocol card: every `protocol` entry of its data file resolved with the profile's parameters."
+    data = read_item(item, notebooks)
+    if parameters is None:  # as papermill runs the notebook: its parameters cell, then the profile's values
+        parameters = {**notebook_defaults(item, notebooks), **((data.get('profiles') or {}).get(profile) or {}),
+                      'profile': profile}
+    rows = []
+    for entry in data.get('protocol') or []:
+        entry = _check_entry(item, entry)
+        value, resolved = resolve_setting(entry, parameters, f"{item}.yaml: protocol setting {entry['setting']!r}")
+        rows.append(dict(setting=entry['setting'], paper=to_jsonable(entry['paper']), value=to_jsonable(value),
+                         same=same_setting(entry['paper'], value), resolved=resolved, source=entry['source'],
+                         reason=entry.get('reason')))
+    return ProtocolCard(rows, item, profile)
+
+def check_protocol(item: str, profile: str = 'paper', notebooks: str | Path | None = None) -> ProtocolCard:
+    "The item's card for `profile`; raises, naming each, if a setting differs from the paper without a written reason."
+    card = resolve_protocol_card(item, profile, notebooks=notebooks)
+    if card.undocumented:
+        raise ValueError(f"{item}: the {profile} profile differs from the paper's protocol without a reason: "
+                         + '; '.join(f"{r['setting']}: paper {_show(r['paper'])}, {profile} profile "
+                                     f"{_show(r['value'])} ({r['resolved']})" for r in card.undocumented)
+                         + f" — make the profile match, or give the entry a `reason:` in {item}.yaml")
+    return card
+
+@patch
+def protocol_card(self: ReproRun,
+                  strict: bool = True) -> ProtocolCard: # False: warn and return an empty card instead of raising
+    "This run's protocol card: the item's `protocol` resolved with the run's parameters (the notebook's where missing)."
+    parameters = {**notebook_defaults(self.item, self.notebooks), **self.parameters}
+    try: return resolve_protocol_card(self.item, self.parameters['profile'], parameters, self.notebooks)
+    except ValueError as e:
+        if strict: raise
+        warnings.warn(f"no protocol card: {e}"); return ProtocolCard([], self.item, self.parameters['profile'])
+
+# %% ../nbs/14_repro.ipynb #cl000002
+import re, statistics
+
+VERDICTS = ('holds', 'does not hold', 'not comparable')
+CLAIM_KINDS = {  # kind -> how many values it compares (None: two or more), and the relation it checks
+    'increasing': (None, 'each value larger than the one before'),
+    'decreasing': (None, 'each value smaller than the one before'),
+    'less_than': ((1, 2), 'a < b (or a < `than`)'), 'greater_than': ((1, 2), 'a > b (or a > `than`)'),
+    'at_most': ((1, 2), 'a ≤ b (or a ≤ `than`)'), 'at_least': ((1, 2), 'a ≥ b (or a ≥ `than`)'),
+    'within': ((1, None), 'every value inside `range: [low, high]`'),
+    'closer': ((3, 3), '|a − target| < |b − target| (keys: a, b, target)'),
+    'same_partition': ((2, 2), 'two groupings with the same groups (on the elements both name)'),
+}
+CLAIM_FIELDS = ('claim', 'source', 'kind', 'keys', 'than', 'range', 'scale', 'paper_keys', 'note')
+_AGGREGATES = ('mean', 'min', 'max', 'ratio', 'difference')
+
+def _segments(path: str) -> list[str]:
+    "A value path split on the dots outside [filters]: 'a[k=1.5].b' -> ['a[k=1.5]', 'b']."
+    return [s for s in re.split(r'\.(?![^\[]*\])', path) if s]
+
+def _step(node, segment: str, many: bool):
+    "Follow one segment from `node` (every element of it when `many`): a key, a list index, `*`, then [key=value] filters."
+    name, filters = re.fullmatch(r'([^\[]*)((?:\[[^\]]*\])*)', segment).groups()
+    def one(n):
+        if name in ('', None): return n
+        if name == '*': return list(n.values()) if isinstance(n, dict) else list(n)
+        if isinstance(n, dict): return n[name]
+        if isinstance(n, list) and re.fullmatch(r'-?\d+', name): return n[int(name)]
+        raise KeyError(name)
+    node = [one(n) for n in node] if many else one(node)
+    if name == '*': node, many = ([x for n in node for x in n] if many else node), True
+    for f in re.findall(r'\[([^\]=]+)=([^\]]*)\]', filters):
+        pool = node if many else list(node)
+        node, many = [x for x in pool if isinstance(x, dict) and str(x.get(f[0])) == f[1]], True
+    return node, many
+
+def lookup(values: dict, # where the paths start (a run's `measured` beside its `extra`)
+           path: str): # 'key', 'a.b.0', 'per_seed.*.zeta', 'table[group=darts].mean'
+    "The value at `path`: exact keys first (keys may hold dots), else dots into dicts and lists; KeyError if absent."
+    if path in values: return values[path]
+    parts, node, many = _segments(path), values, False
+    while parts:
+        keys = node if isinstance(node, dict) and not many else {}
+        n = next((n for n in range(len(parts), 1, -1) if '.'.join(parts[:n]) in keys), 1)  # the longest key with dots
+        segment = '.'.join(parts[:n]); parts = parts[n:]
+        try: node, many = _step(node, segment, many)
+        except (KeyError, IndexError, TypeError, ValueError): raise KeyError(path) from None
+    return node
+
+def _numbers(value) -> list[float]:
+    "Every finite number in a value (lists flattened); [] if there is none, or one is missing."
+    if isinstance(value, bool) or value is None: return []
+    if isinstance(value, (int, float)): return [float(value)] if math.isfinite(value) else []
+    if isinstance(value, (list, tuple)):
+        parts = [_numbers(v) for v in value]
+        return [x for p in parts for x in p] if parts and all(parts) else []
+    return []
+
+def _describe(ref) -> str:
+    if isinstance(ref, dict): return f"{next(iter(ref))}({', '.join(map(_describe, next(iter(ref.values()))))})"
+    return str(ref)
+
+def claim_value(ref, # a path, or {mean|min|max|ratio|difference: [paths]}
+                values: dict, # where paths start
+                scale: float = 1) -> dict: # multiplies every number looked up (e.g. 100: a fraction in %)
+    "One compared value: label, mean, std over its numbers (seeds, pairs) and n; mean None where it is missing."
+    label = _describe(ref)
+    if isinstance(ref, dict):
+        (how, refs), = ref.items()
+        if how not in _AGGREGATES: raise ValueError(f"unknown aggregate {how!r} in {label}: use one of {_AGGREGATES}")
+        parts = [claim_value(r, values, scale) for r in refs]
+        if any(p['mean'] is None for p in parts): return dict(key=label, mean=None, std=None, n=0)
+        if how in ('ratio', 'difference'):
+            a, b = (p['mean'] for p in parts)
+            mean = (a / b if b else None) if how == 'ratio' else a - b
+            return dict(key=label, mean=mean, std=None, n=1)
+        numbers = [x for p in parts for x in p['numbers']]
+        if how != 'mean': return dict(key=label, mean=(min if how == 'min' else max)(numbers), std=None, n=1)
+    else:
+        try: numbers = [scale * x for x in _numbers(lookup(values, str(ref)))]
+        except KeyError: numbers = []
+        if not numbers: return dict(key=label, mean=None, std=None, n=0)
+    return dict(key=label, mean=statistics.fmean(numbers), std=statistics.stdev(numbers) if len(numbers) > 1 else None,
+                n=len(numbers), numbers=numbers)
+
+def check_claim(item: str, claim) -> dict:
+    "A `claims` entry of an item's data file, checked: known fields and kind, the right number of keys."
+    if not isinstance(claim, dict) or 'claim' not in claim or 'kind' not in claim or 'keys' not in claim:
+        raise ValueError(f"{item}.yaml: claim {claim!r} needs `claim` (the sentence), `kind` and `keys`")
+    unknown = sorted(set(claim) - set(CLAIM_FIELDS))
+    if unknown: raise ValueError(f"{item}.yaml: claim {claim['claim']!r}: unknown field(s) {unknown} (fields: {', '.join(CLAIM_FIELDS)})")
+    if claim['kind'] not in CLAIM_KINDS:
+        raise ValueError(f"{item}.yaml: claim {claim['claim']!r}: unknown kind {claim['kind']!r}; kinds: {', '.join(CLAIM_KINDS)}")
+    (low, high), n = CLAIM_KINDS[claim['kind']][0] or (2, None), len(claim['keys'])
+    if n < low or (high and n > high) or (claim['kind'] == 'within') != ('range' in claim) or \
+            len(claim.get('paper_keys', claim['keys'])) != n or \
+            (claim['kind'] in ('less_than', 'greater_than', 'at_most', 'at_least') and (n == 1) != ('than' in claim)):
+        raise ValueError(f"{item}.yaml: claim {claim['claim']!r}: kind {claim['kind']} compares "
+                         f"{CLAIM_KINDS[claim['kind']][1]}; got {n} key(s)"
+                         + ''.join(f", {k} {claim[k]!r}" for k in ('than', 'range') if k in claim))
+    return claim
+
+def _num(v) -> str: return f'{v:.3g}'
+
+def _relation(a: float, b: float) -> str: return '<' if a < b else '>' if a > b else '='
+
+def _shown(v: dict) -> str:
+    if 'groups' in v: return '; '.join('{' + ', '.join(g) + '}' for g in v['groups'])
+    if v['mean'] is None: return 'missing'
+    return _num(v['mean']) + (f" ± {_num(v['std'])} (n={v['n']})" if v.get('std') is not None else '')
+
+def _partition(value) -> list[list[str]] | None:
+    ok = isinstance(value, (list, tuple)) and value and all(isinstance(g, (list, tuple)) for g in value)
+    return [sorted(map(str, g)) for g in value] if ok else None
+
+def _same_partition(a, b) -> tuple[bool, str]:
+    common = {x for g in a for x in g} & {x for g in b for x in g}
+    pa, pb = ({frozenset(set(g) & common) for g in p} - {frozenset()} for p in (a, b))
+    return pa == pb, f"{len(pa)} groups {'=' if pa == pb else '≠'} {len(pb)} groups on {len(common)} ops"
+
+_SYMBOLS = dict(less_than='<', greater_than='>', at_most='≤', at_least='≥')
+_HOLDS = {'<': lambda a, b: a < b, '>': lambda a, b: a > b, '≤': lambda a, b: a <= b, '≥': lambda a, b: a >= b}
+
+def evaluate_claim(claim: dict, # a checked `claims` entry
+                   values: dict, # where its keys are looked up
+                   scale: float = 1) -> dict: # multiplies the numbers looked up
+    "The claim's verdict on `values`: holds, does not hold or not comparable, with the values and the comparison in words."
+    kind, refs = claim['kind'], claim['keys']
+    if kind == 'same_partition':
+        found = []
+        for ref in refs:
+            try: found.append(_partition(lookup(values, str(ref))))
+            except KeyError: found.append(None)
+        compared = [dict(key=str(r), groups=g, mean=None, std=None, n=0) if g else dict(key=str(r), mean=None, std=None, n=0)
+                    for r, g in zip(refs, found)]
+    else: compared = [claim_value(r, values, scale) for r in refs]
+    compared = [dict({k: v for k, v in c.items() if k != 'numbers'}, shown=_shown(c)) for c in compared]
+    missing = [c['key'] for c in compared if c['mean'] is None and 'groups' not in c]
+    if missing: return dict(verdict='not comparable', values=compared, detail=f"no value for {', '.join(missing)}")
+    means = [c['mean'] for c in compared]
+    if kind == 'same_partition': holds, detail = _same_partition(*(c['groups'] for c in compared))
+    elif kind in ('increasing', 'decreasing'):
+        holds = all(a < b if kind == 'increasing' else a > b for a, b in zip(means, means[1:]))
+        detail = _num(means[0]) + ''.join(f" {_relation(a, b)} {_num(b)}" for a, b in zip(means, means[1:]))
+    elif kind in _SYMBOLS:
+        other = means[1] if len(means) > 1 else float(claim['than'])
+        holds = _HOLDS[_SYMBOLS[kind]](means[0], other)
+        detail = f"{_num(means[0])} {_relation(means[0], other)} {_num(other)}"
+    elif kind == 'within':
+        low, high = map(float, claim['range'])
+        holds = all(low <= m <= high for m in means)
+        detail = f"{', '.join(map(_num, means))} {'inside' if holds else 'not all inside'} [{_num(low)}, {_num(high)}]"
+    else:  # closer
+        a, b, target = means
+        holds = abs(a - target) < abs(b - target)
+        detail = f"|{_num(a)} − {_num(target)}| {_relation(abs(a - target), abs(b - target))} |{_num(b)} − {_num(target)}|"
+    return dict(verdict='holds' if holds else 'does not hold', values=compared, detail=detail)
+
+def evaluate_claims(item: str, # the item id (named in errors)
+                    claims, # the `claims` list of its data file
+                    measured: dict, # the run's measured values (paper keys)
+                    extra: dict | None = None, # the run's other values (per seed, tables)
+                    paper: dict | None = None) -> list[dict]: # paper key -> the paper's value
+    "Every claim's verdict on the run's numbers, and on the paper's own where all its keys are paper values."
+    values, rows = {**(extra or {}), **measured}, []
+    for claim in claims or []:
+        claim = check_claim(item, claim)
+        row = dict(claim=claim['claim'], source=claim.get('source', ''), kind=claim['kind'],
+                   keys=[_describe(k) for k in claim['keys']], **evaluate_claim(claim, values, claim.get('scale', 1)))
+        on_paper = evaluate_claim(dict(claim, keys=claim.get('paper_keys', claim['keys'])), paper or {})  # same rule
+        row['paper'] = None if on_paper['verdict'] == 'not comparable' else dict(verdict=on_paper['verdict'],
+                                                                                  detail=on_paper['detail'])
+        if claim.get('note'): row['note'] = claim['note']
+        rows.append(row)
+    return rows
+
+def format_claims(rows: list[dict]) -> str:
+    "Verdicts as text, one claim per line and its numbers below."
+    return '\n'.join(f"[{r['verdict']}] {r['claim']}\n    measured: {r['detail']}"
+                     + (f"; paper: {r['paper']['detail']} ({r['paper']['verdict']})" if r.get('paper') else '')
+                     for r in rows)
+
+def machine() -> dict:
+    "What a run ran on: platform, processor, CPU count, torch's threads, OMP_NUM_THREADS and the GPU (if any)."
+    import platform, torch
+    return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                torch_threads=torch.get_num_threads(), omp_num_threads=os.environ.get('OMP_NUM_THREADS'),
+                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+
 # %% ../nbs/14_repro.ipynb #b75cfafc
 def _finite_or_none(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
@@ -125,16 +465,21 @@ def finish(self: ReproRun,
            measured: dict, # paper key -> measured value, in the paper's unit (keys of `paper_values(item)`)
            extra: dict | None = None, # anything else worth keeping (per-seed values, tables, genotypes)
            paper_item: str | None = None) -> Comparison: # the paper item compared with (default: this item)
-    "Write results.json with the paper's values beside the measured ones; return the comparison (it shows as a table)."
+    "Write results.json (the paper's values beside the measured ones, the protocol card); return the comparison."
     measured = {k: _finite_or_none(v) for k, v in measured.items()}
     item = paper_item or self.item
     values = item_values(item, self.data if item == self.item else read_item(item, self.notebooks))
     rows = compare(item, measured, values=values) if values else [  # an item beyond the papers: measured values only
         dict(item=item, key=k, unit='', paper=None, paper_std=None, measured=v, difference=None,
              rough_check_within_2std=None, source='not in either paper') for k, v in measured.items()]
+    card = self.protocol_card(strict=False)  # the paper's protocol beside the run's; never fails a finished run
     record = dict(item=self.item, status='complete', profile=self.parameters['profile'], parameters=self.parameters,
-                  measured=measured, comparison=rows, extra=extra or {}, figures=self.figures,
+                  measured=measured, comparison=rows, protocol_card=list(card), extra=extra or {}, figures=self.figures,
                   wall_seconds=time.time() - self.started, versions=versions())
+    record.update(machine=machine(), claims=evaluate_claims(  # the data file's claims, on this run's numbers
+        self.item, self.data.get('claims'), measured, extra, {v.key: v.value for v in values}))
+    if record['claims']: print(format_claims(record['claims']))
+    if card: atomic_write_text(self.path('protocol_card.md'), card.markdown() + '\n'); card.show()
     atomic_write_json(self.path('results.json'), to_jsonable(record))
     return Comparison(rows)
 
@@ -213,6 +558,17 @@ def write_summary(out: str | Path, summary: list[dict]) -> Path:
     atomic_write_json(out / 'summary.json', summary)
     return path
 
+def not_run_reason(item: str, profile: str, notebooks: str | Path | None = None) -> str | None:
+    "None if `item` has a `profile` profile; else why not (its data file's `not_run: {profile: why}`)."
+    data = read_item(item, notebooks)
+    if profile in (data.get('profiles') or {}): return None
+    return (data.get('not_run') or {}).get(profile) or f"{item}.yaml has no {profile} profile"
+
+def require_data(parameters: dict):
+    "The one-line `DatasetNotFoundError` now, if the parameters name a dataset whose files are not under `data_root`."
+    from stacvs.data import require_dataset
+    if parameters.get('dataset') not in (None, 'digits'): require_dataset(parameters['dataset'], parameters.get('data_root'))
+
 def run_batch(items, # item ids, or ['all']
               profile: str = 'smoke', out: str | Path = 'repro-runs', overrides: dict | None = None,
               notebooks: str | Path | None = None, show_progress: bool = True,
@@ -223,12 +579,16 @@ def run_batch(items, # item ids, or ['all']
     items = list(known) if list(items) == ['all'] else list(items)
     unknown = [i for i in items if i not in known]
     if unknown: raise ValueError(f"unknown reproduction item(s) {unknown}; see `stacvs repro list`")
-    if not overwrite:  # refuse before the first item runs, not in the middle of the batch
-        for item in items: check_item_dir(Path(out) / item, item_parameters(item, profile, overrides, notebooks))
+    skip = {item: why for item in items if (why := not_run_reason(item, profile, notebooks))}  # no such profile
+    for item in items:  # refuse before the first item runs, not in the middle of the batch
+        if item in skip: continue
+        require_data(item_parameters(item, profile, overrides, notebooks))
+        if not overwrite: check_item_dir(Path(out) / item, item_parameters(item, profile, overrides, notebooks))
     from stacvs.reporting import ProgressLines, lines_wanted, item_details
     summary, lines = [], ProgressLines(f"repro {profile}", len(items), enabled=show_progress and lines_wanted())
     for i, item in enumerate(progress(items, desc=f"repro {profile}", disable=not show_progress), 1):
-        summary.append(run_item(item, profile, out, overrides, notebooks, overwrite=overwrite))
+        summary.append(dict(item=item, status='not run', profile=profile, reason=skip[item]) if item in skip else
+                       run_item(item, profile, out, overrides, notebooks, overwrite=overwrite))
         lines(i, item_details(summary[-1]))  # where no bar is drawn (a file, a pipe): a line per item
     write_summary(out, summary)
     write_report(out)
@@ -248,37 +608,114 @@ def report_rows(results: list[dict]) -> list[dict]:
                                                              'difference', 'rough_check_within_2std')})
             for r in results for row in r['comparison']]
 
-def plot_paper_vs_measured(rows: list[dict], title: str | None = None):
+def plot_paper_vs_measured(rows: list[dict], title: str | None = None,
+                           subtitle: str | None = None): # a second title line, e.g. the profile and machine
     "Measured against published values (one point per compared value, the diagonal for equality)."
-    import matplotlib.pyplot as plt
+    from stacvs.figures import COLUMN_WIDTH, new_figure, paper_style, legend_outside, figure_title, series_styles
     pts = [(r['paper'], r['measured'], r['item']) for r in rows if r['paper'] is not None and r['measured'] is not None]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for item in dict.fromkeys(p[2] for p in pts):
-        xs, ys = zip(*[(p[0], p[1]) for p in pts if p[2] == item])
-        ax.scatter(xs, ys, label=item, s=18)
-    if pts:
-        lo, hi = min(min(p[0], p[1]) for p in pts), max(max(p[0], p[1]) for p in pts)
-        ax.plot([lo, hi], [lo, hi], color='grey', lw=0.8, ls='--')
-    ax.set(xlabel='paper', ylabel='measured', title=title or 'paper vs measured')
-    if pts: ax.legend(fontsize=7)
-    return fig
+    items = list(dict.fromkeys(p[2] for p in pts))
+    @paper_style
+    def draw():
+        fig, ax = new_figure(COLUMN_WIDTH + 1.8, COLUMN_WIDTH)
+        markers = 'os^Dv<>ph' * (len(items) // 9 + 1)  # nine markers against ten colours: 90 distinct points
+        for item, style, marker in zip(items, series_styles(len(items)), markers):
+            xs, ys = zip(*[(p[0], p[1]) for p in pts if p[2] == item])
+            ax.scatter(xs, ys, label=item, s=14, color=style['color'], marker=marker)
+        if pts:
+            lo, hi = min(min(p[0], p[1]) for p in pts), max(max(p[0], p[1]) for p in pts)
+            ax.plot([lo, hi], [lo, hi], color='grey', lw=0.8, ls='--', label='measured = paper')
+            if lo > 0 and hi / lo > 100: ax.set(xscale='log', yscale='log')  # values in many units: orders of magnitude
+            legend_outside(ax, title='item')
+        ax.set(xlabel='published value (its unit)', ylabel='measured value (same unit)')
+        return figure_title(fig, title or 'measured vs published values', subtitle)
+    return draw()
+
+# %% ../nbs/14_repro.ipynb #rp000002
+def _cell(text) -> str: return str(text).replace('|', '\\|').replace('\n', ' ')
+
+def _minutes(seconds) -> str: return '' if seconds is None else f"{seconds / 60:.1f} min"
+
+def _verdict_text(record: dict) -> str:
+    "An item's claims in a few words: 'holds', '2 hold, 1 does not', 'no claims'."
+    counts = {v: sum(c['verdict'] == v for c in record.get('claims') or []) for v in VERDICTS}
+    if not any(counts.values()): return 'no claims'
+    return ', '.join(f"{n} {v}" for v, n in counts.items() if n)
+
+def item_page(record: dict) -> str:
+    "One item's page: its claims with the paper's and the measured numbers and the verdicts, the values, figures, run."
+    item, profile = record['item'], record['profile']
+    lines = [f"# {item}", '', f"Profile `{profile}` · wall time {_minutes(record.get('wall_seconds'))} · "
+             f"claims: {_verdict_text(record)} · [all items](../report.md)", '']
+    claims = record.get('claims') or []
+    if claims:
+        lines += ['## Claims', '', '| claim | paper | measured | verdict |', '|---|---|---|---|']
+        for c in claims:
+            paper = f"{c['paper']['detail']} ({c['paper']['verdict']})" if c.get('paper') else 'not comparable'
+            lines.append(f"| {_cell(c['claim'])} <br>*{_cell(c['source'])}* | {_cell(paper)} | {_cell(c['detail'])} | "
+                         f"**{c['verdict']}** |")
+        lines += ['', 'The values compared (mean ± std over seeds or pairs where there are several):', '',
+                  '| claim | value | measured |', '|---|---|---|']
+        lines += [f"| {i} | `{_cell(v['key'])}` | {_cell(v['shown'])} |" for i, c in enumerate(claims, 1) for v in c['values']]
+        lines += [f"- claim {i}: {c['note']}" for i, c in enumerate(claims, 1) if c.get('note')] + ['']
+    if record.get('comparison'):
+        lines += ['## Measured beside the paper', '', '| key | unit | paper | measured | difference |', '|---|---|---|---|---|']
+        lines += [f"| {_cell(c['key'])} | {_cell(c['unit'])} | {_fmt(c['paper'])}"
+                  f"{' ± ' + _fmt(c['paper_std']) if c.get('paper_std') else ''} | {_fmt(c['measured'])} | "
+                  f"{_fmt(c['difference'])} |" for c in record['comparison']] + ['']
+    if record.get('figures'):
+        lines += ['## Figures', ''] + [f"![{f}](../{item}/{f})" for f in record['figures']] + ['']
+    run = dict(machine=record.get('machine') or {}, versions=record.get('versions') or {})
+    lines += ['## Run', '', f"- parameters: `{json.dumps(record.get('parameters', {}), sort_keys=True)}`"]
+    lines += [f"- {what}: " + ', '.join(f"{k} {v}" for k, v in values.items() if v is not None) for what, values in run.items()]
+    if record.get('protocol_card'): lines.append(f"- protocol card: [{item}/protocol_card.md](../{item}/protocol_card.md)")
+    return '\n'.join(lines) + '\n'
+
+def not_run_items(out: Path) -> list[dict]:
+    "The items the latest batch did not run (no profile of its name), from OUT/summary.json."
+    summary = out / 'summary.json'
+    return [s for s in json.loads(summary.read_text()) if s.get('status') == 'not run'] if summary.exists() else []
+
+def overview_lines(results: list[dict], failures: list[dict], not_run: list[dict]) -> list[str]:
+    "The overview table: item | claim | verdict | wall time, one row per claim (a failed or skipped item: one row)."
+    lines = ['| item | claim | verdict | wall time |', '|---|---|---|---|']
+    for r in results:
+        page, claims = f"[{r['item']}](pages/{r['item']}.md)", r.get('claims') or [dict(claim='—', verdict='no claims')]
+        lines += [f"| {page if i == 0 else ''} | {_cell(c['claim'])} | {c['verdict']} | {_minutes(r.get('wall_seconds')) if i == 0 else ''} |"
+                  for i, c in enumerate(claims)]
+    lines += [f"| {f['item']} | — | failed: {_cell(f.get('exception') or f['error'])} | {_minutes(f.get('seconds'))} |" for f in failures]
+    lines += [f"| {s['item']} | — | not run on {s.get('profile', 'this profile')}: {_cell(s.get('reason', ''))} | |" for s in not_run]
+    return lines + ['']
+
+def write_item_pages(out: Path, results: list[dict]) -> list[Path]:
+    "OUT/pages/<item>.md for every complete item."
+    paths = []
+    for r in results:
+        path = out / 'pages' / f"{r['item']}.md"
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_text(path, item_page(r)); paths.append(path)
+    return paths
 
 # %% ../nbs/14_repro.ipynb #40577d65
 def write_report(out: str | Path) -> Path:
-    "Write OUT/report.md, OUT/report.csv and OUT/paper_vs_measured.png from the items' results."
+    "Write OUT/report.md (overview of the claims, then each item), OUT/pages/<item>.md, report.csv and the chart."
     out = Path(out)
     results, failures = collect_results(out)
+    not_run = not_run_items(out)
     rows = report_rows(results)
     columns = ['item', 'key', 'unit', 'paper', 'paper_std', 'measured', 'difference', 'rough_check_within_2std', 'profile']
     with open(out / 'report.csv.tmp', 'w', newline='') as f:
         writer = csv.DictWriter(f, columns); writer.writeheader(); writer.writerows(rows)
     os.replace(out / 'report.csv.tmp', out / 'report.csv')
     lines = ['# stacvs reproduction report', '',
-             f"{len(results)} item(s) complete, {len(failures)} failed. Profiles: "
+             f"{len(results)} item(s) complete, {len(failures)} failed, {len(not_run)} not run. Profiles: "
              f"{sorted({r['profile'] for r in results}) or '-'}. Smoke and quick profiles run far shorter protocols "
-             "than the papers: their numbers check the pipeline, not the published accuracy.", '']
+             "than the papers: their numbers check the pipeline, not the published accuracy. The cpu profile runs "
+             "Fashion-MNIST at a small scale: its verdicts say whether each claim shows there.", '',
+             '## Claims', ''] + overview_lines(results, failures, not_run)
+    write_item_pages(out, results)
     for r in results:
         lines += [f"## {r['item']} ({r['profile']}, {r['wall_seconds'] / 60:.1f} min)", '',
+                  f"Claims: {_verdict_text(r)}; [the item's page](pages/{r['item']}.md).", '',
                   '| key | unit | paper | measured | difference |', '|---|---|---|---|---|']
         lines += [f"| {c['key'].replace('|', ' vs ')} | {c['unit']} | {_fmt(c['paper'])}{' ± ' + _fmt(c['paper_std']) if c['paper_std'] else ''}"
                   f" | {_fmt(c['measured'])} | {_fmt(c['difference'])} |" for c in r['comparison']]

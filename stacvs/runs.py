@@ -16,9 +16,9 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['RESUME_IGNORED', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'to_jsonable', 'seed_everything',
-           'get_rng_state', 'set_rng_state', 'option_name', 'check_number', 'check_choice', 'check_device',
-           'check_out_dir', 'resolve_device', 'versions', 'RunDir', 'RunOptions', 'restart_schedule',
+__all__ = ['RESUME_IGNORED', 'ADDED_SETTINGS', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'to_jsonable',
+           'seed_everything', 'get_rng_state', 'set_rng_state', 'option_name', 'check_number', 'check_choice',
+           'check_device', 'check_out_dir', 'resolve_device', 'versions', 'RunDir', 'RunOptions', 'restart_schedule',
            'check_overridable', 'NonFiniteLossError', 'check_finite', 'check_finite_epoch', 'progress', 'evaluate']
 
 # %% ../nbs/07a_runs.ipynb #16d7ca29
@@ -268,6 +268,8 @@ def truncate_log(self: RunDir, epoch: int): # the first epoch number to drop
 # %% ../nbs/07a_runs.ipynb #f691988a
 RESUME_IGNORED = frozenset({'out', 'resume', 'overwrite', 'override', 'progress', 'quiet', 'tensorboard', 'threads',
                             'versions', 'device', 'data_root', 'resume_overrides'})
+# settings added after runs were saved without them, with the value those runs ran with: a resume reads them so
+ADDED_SETTINGS = dict(accelerate=True, factorized_reduce='darts')
 
 @patch
 def check_resumable(self: RunDir,
@@ -276,7 +278,7 @@ def check_resumable(self: RunDir,
                     ignore=RESUME_IGNORED) -> dict: # keys that never matter
     "Raise a clear error if `config` differs from the saved one in anything but `override`; return the overridden changes."
     if not self.config_path.exists(): return {}
-    saved, new = self.read_config(), to_jsonable(config)
+    saved, new = {**ADDED_SETTINGS, **self.read_config()}, to_jsonable(config)
     differ = sorted(k for k in new if k not in ignore and saved.get(k) != new[k])
     refused = [k for k in differ if k not in override]
     if refused:

@@ -18,6 +18,7 @@ from .cells import Supernet, CELL_TYPES
 from .larc import LARC
 from .accel.core import accelerate
 from .genotypes import DERIVE_RULES, derive_genotype, genotype_to_dict, save_cell_diagrams
+from .figures import run_label
 from .data import search_loaders, get_dataset_info, ForeverIterator
 from .runs import (RunDir, RunOptions, check_number, check_choice, check_device, check_out_dir,
                          seed_everything, get_rng_state, set_rng_state, to_jsonable, progress,
@@ -449,7 +450,7 @@ def finish(self: Search, seconds: float) -> dict:
     if rd:
         last = rd.read_log()
         if last: result['final'] = {k: v for k, v in last[-1].items() if isinstance(v, (int, float))}
-        if not isinstance(genotype, list): save_cell_diagrams(genotype, rd.path)
+        if not isinstance(genotype, list): save_cell_diagrams(genotype, rd.path, subtitle=run_label(rd.read_config()))
         rd.write_result(result)
     return result
 

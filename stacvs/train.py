@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 from .genotypes import Genotype, get_genotype, genotype_to_dict, save_cell_diagrams, plot_cell
+from .figures import run_label
 from .ops import FACTORIZED_REDUCE_STYLES, set_factorized_reduce
 from .networks import NetworkCIFAR, NetworkImageNet, count_parameters, cell_genotypes, is_per_cell
 from .data import train_loaders, get_dataset_info, DatasetInfo
@@ -146,23 +147,24 @@ def genotype_record(genotype: Genotype | list[Genotype]): # from `resolve_genoty
     "A JSON-ready genotype dict, or a list of them."
     return [genotype_to_dict(g) for g in genotype] if isinstance(genotype, list) else genotype_to_dict(genotype)
 
-def _save_cell_diagram(genotype: Genotype, cell_type: str, path):
+def _save_cell_diagram(genotype: Genotype, cell_type: str, path, title=None, subtitle=None):
     fig = Figure(figsize=(9, 3.2))
-    plot_cell(genotype, cell_type, ax=fig.add_subplot())
+    plot_cell(genotype, cell_type, ax=fig.add_subplot(), title=title, subtitle=subtitle)
     tmp = path.with_name(path.name + '.tmp')
     fig.savefig(tmp, format='png', dpi=130, bbox_inches='tight'); tmp.replace(path)  # atomic
 
 def save_genotype_diagrams(genotype: Genotype | list[Genotype], # from `resolve_genotype`
                            model: nn.Module, # the network built from it (tells each cell's type)
-                           out_dir: Path) -> list[Path]:
+                           out_dir: Path,
+                           subtitle: str | None = None) -> list[Path]: # a second title line: the run and its setting
     "The two cell diagrams of one genotype; with one per cell, `cell<i>_<type>.png` for each cell's own half."
-    if not isinstance(genotype, list): return save_cell_diagrams(genotype, out_dir)
+    if not isinstance(genotype, list): return save_cell_diagrams(genotype, out_dir, subtitle=subtitle)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (g, cell) in enumerate(zip(genotype, model.cells)):
         cell_type = 'reduce' if cell.reduction else 'normal'
         paths.append(Path(out_dir) / f"cell{i:02d}_{cell_type}.png")
-        _save_cell_diagram(g, cell_type, paths[-1])
+        _save_cell_diagram(g, cell_type, paths[-1], title=f'cell {i}', subtitle=subtitle)
     return paths
 
 # %% ../nbs/09_train.ipynb #314009c2
@@ -346,7 +348,7 @@ def finish(self: Trainer, seconds: float) -> dict:
                   amp=c.amp and self.device.type == 'cuda', device=str(self.device))
     self.callback('on_end', result)  # callbacks first: they may add to the result before it is written
     if rd:
-        save_genotype_diagrams(self.genotype, self.model, rd.path / 'figures')
+        save_genotype_diagrams(self.genotype, self.model, rd.path / 'figures', subtitle=run_label(rd.read_config()))
         rd.write_result(result)
     return result
 

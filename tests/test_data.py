@@ -80,7 +80,7 @@ def test_missing_dataset_error(tmp_path, name, folder, files, command):
     assert isinstance(info.value, FileNotFoundError)
     assert repr(name) in msg and str(tmp_path / folder) in msg and files in msg
     assert 'internet' in msg and 'python -c "import torchvision; ' + command.format(root=tmp_path) in msg
-    if name == 'fashion_mnist': assert 'dataset-fashion-mnist' in msg and 'gunzip' in msg
+    if name == 'fashion_mnist': assert 'dataset-fashion-mnist' in msg and '/usr/share/datasets/fashion-mnist' in msg
 
 
 def test_missing_root_and_imagenet(tmp_path):

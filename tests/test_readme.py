@@ -26,6 +26,8 @@ SKIPPED = {  # the command exactly as README.md writes it (comment stripped, spa
     'bash .ci/run': 'the whole test suite, which includes this test (CI runs it)',
     'stacvs search --method darts --dataset cifar10 --data-root ~/data --out runs/darts-c10': CIFAR,
     'stacvs repro run all --profile quick --data-root /data --out repro-runs': 'a GPU and CIFAR-10/ImageNet under /data',
+    'nohup stacvs repro run all --profile cpu --data-root /usr/share/datasets/fashion-mnist --out reports/cpu-batch '
+    '--quiet > cpu-batch.log 2>&1 &': 'hours of CPU',
     'docker build -t stacvs .': 'Docker',
     'docker run --gpus all -v ~/data:/data -v $PWD/repro-runs:/runs stacvs repro run all --profile quick --out /runs':
         'Docker with GPUs',

@@ -150,3 +150,13 @@ def test_progress_is_quiet_without_a_terminal_unless_forced():
     bar = progress(range(2), force=True, file=io.StringIO())
     assert not bar.disable and list(bar) == [0, 1]
     assert progress(range(2), force=True, disable=True).disable
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_with_the_value_it_ran_with(tmp_path):
+    "A config.json written before `factorized_reduce` existed ran DARTS's FactorizedReduce: resuming with it is the same run."
+    from stacvs.runs import RunDir, ADDED_SETTINGS
+    rd = RunDir(tmp_path)
+    rd.write_config(dict(epochs=3, seed=0))  # an older version's config: no accelerate, no factorized_reduce
+    assert rd.check_resumable(dict(epochs=3, seed=0, **ADDED_SETTINGS)) == {}
+    with pytest.raises(ValueError, match="factorized_reduce: saved 'darts', now 'vsdarts'"):
+        rd.check_resumable(dict(epochs=3, seed=0, accelerate=True, factorized_reduce='vsdarts'))
