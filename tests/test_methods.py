@@ -89,7 +89,7 @@ def test_measured_groups_and_stacvs_with_stage3(tmp_path):
 @pytest.mark.parametrize('argv,message', [
     (['--method', 'darts', '--stage2-layers', '5'], 'only apply to the two-stage methods'),
     (['--method', 'darts', '--layers', 'auto'], 'needs a two-stage method'),
-    (['--method', 'stacnas', '--alpha-per-cell'], 'not per cell'),
+    (['--method', 'stacnas', '--alpha-per-cell', '--stage3'], '--stage3 with --alpha-per-cell is not supported'),
     (['--method', 'stacnas', '--groups', 'conv_9x9'], 'does not offer'),
     (['--method', 'vsdarts', '--second-order'], '--larc with --second-order is not supported'),
     (['--diagnostics', 'variance'], "unknown diagnostics ['variance']"),
