@@ -12,7 +12,7 @@ from .spaces import SearchSpace, CellSpaces, get_space, edge_inputs
 from .relaxations import Relaxation, get_relaxation
 
 # %% auto #0
-__all__ = ['CELL_TYPES', 'MixedOp', 'SearchCell', 'Supernet']
+__all__ = ['CELL_TYPES', 'MixedOp', 'SearchCell', 'reduction_layers', 'Supernet']
 
 # %% ../nbs/03_cells.ipynb #3f70ef15
 class MixedOp(nn.Module):
@@ -65,6 +65,10 @@ class SearchCell(nn.Module):
 # %% ../nbs/03_cells.ipynb #eebb6ed5
 CELL_TYPES = ('normal', 'reduce')
 
+def reduction_layers(layers: int) -> set[int]:
+    "The reduction cells of a `layers`-cell network: at a third and two thirds of the depth (DARTS)."
+    return {layers // 3, 2 * layers // 3} if layers >= 3 else set()
+
 class Supernet(nn.Module):
     "The DARTS search network over a `SearchSpace`, with architecture parameters α."
     def __init__(self, C: int = 16, # initial channels
@@ -85,7 +89,7 @@ class Supernet(nn.Module):
         if self.cell_spaces is not None and (not alpha_per_cell or len(self.cell_spaces) != layers):
             raise ValueError(f"space {self.space.name!r} has {len(self.cell_spaces)} cell spaces: it needs "
                              f"alpha_per_cell=True and layers={len(self.cell_spaces)}, got {alpha_per_cell} and {layers}")
-        self.reduction_layers = {layers // 3, 2 * layers // 3} if layers >= 3 else set()
+        self.reduction_layers = reduction_layers(layers)
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         self.cells = nn.ModuleList()

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import torch
 from .registry import Registry
 from .spaces import SearchSpace, CellSpaces, get_space, space_to_dict
+from .cells import reduction_layers
 from .genotypes import genotype_from_dict, save_cell_diagrams
 from .runs import RunDir, atomic_write_json, to_jsonable
 from .search import SearchConfig, Search
@@ -375,9 +376,8 @@ def stage3_space(space2: SearchSpace, result2: dict) -> SearchSpace:
 
 # %% ../nbs/12_methods.ipynb #d5b54903
 def cell_types(layers: int) -> list[str]:
-    "Each cell's type in a `layers`-cell network: 'reduce' at layers//3 and 2·layers//3, as `Supernet` builds it."
-    reduction = {layers // 3, 2 * layers // 3} if layers >= 3 else set()
-    return ['reduce' if i in reduction else 'normal' for i in range(layers)]
+    "Each cell's type in a `layers`-cell network, as `Supernet` builds it."
+    return ['reduce' if i in reduction_layers(layers) else 'normal' for i in range(layers)]
 
 def matching_row(ordinal: int, count_to: int, count_from: int) -> int:
     "The stage-1 cell (of a type) at the relative depth of stage-2 cell `ordinal` among `count_to` of that type."

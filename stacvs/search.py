@@ -37,7 +37,6 @@ __all__ = ['OPTIMIZATIONS', 'SEARCH_OVERRIDABLE', 'UPDATE_RULES', 'SearchConfig'
 
 # %% ../nbs/08_search.ipynb #1ee56f03
 from .relaxations import RELAXATIONS
-from .spaces import SearchSpace
 from .data import DATASETS
 
 OPTIMIZATIONS = ('bilevel', 'one-level')
