@@ -246,7 +246,8 @@ def _parse_value(text: str):
     except json.JSONDecodeError: return text
 
 def cmd_repro(args):
-    from stacvs.repro import repro_items, run_batch, write_report
+    from stacvs.repro import repro_items, run_batch
+    from stacvs.report import write_report
     from stacvs.reporting import configure_threads
     if args.action == 'list':
         for item, description in repro_items().items(): print(f"{item:26s} {description}")

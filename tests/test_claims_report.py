@@ -7,7 +7,8 @@ import pytest
 from stacvs.cli import main
 from stacvs.data import load_arrays, require_dataset, DatasetNotFoundError
 from stacvs.paper_values import read_items, item_values
-from stacvs.repro import check_claim, evaluate_claim, evaluate_claims, claim_value, lookup, item_page
+from stacvs.claims import check_claim, evaluate_claim, evaluate_claims, claim_value, lookup
+from stacvs.report import item_page
 
 CPU_ITEMS = {'stacnas_table1', 'stacnas_table6', 'stacnas_fig5', 'stacnas_skips_vs_depth', 'stacnas_fig2', 'vsdarts_fig2',
              'vsdarts_fig3', 'vsdarts_fig4', 'vsdarts_fig5', 'vsdarts_fig6', 'vsdarts_table4', 'methods_side_by_side'}

@@ -6,7 +6,8 @@ from stacvs.larc import LARC
 from stacvs.diagnostics import evaluation_batches, supernet_accuracy
 from stacvs.discretization import (converged_discretization_accuracy, discretization_tuner, tune_to_convergence,
                                    discretization_accuracy, discretization_accuracy_proxy, edited_mixing_weights, only_op)
-from stacvs.repro import notebook_defaults, profile_parameters
+from stacvs.repro import profile_parameters
+from stacvs.protocol import notebook_defaults
 
 TINY = dict(dataset='digits', layers=2, channels=4, epochs=1, max_steps_per_epoch=2, batch_size=16, fraction=0.3,
             space='darts_small', progress=False, quiet=True, device='cpu')

@@ -17,7 +17,7 @@ from stacvs.confusion import plot_confusion_table, PAPER_TABLE1, closest_depth
 from stacvs.discretization import plot_beta_vs_accuracy
 from stacvs.experiments import plot_seed_spread, plot_skips_vs_depth, plot_alpha_vs_accuracy
 from stacvs.genotypes import plot_cell
-from stacvs.repro import plot_paper_vs_measured
+from stacvs.report import plot_paper_vs_measured
 
 EPOCHS = [1, 2, 3]
 DARTS = get_space('darts')

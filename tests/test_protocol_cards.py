@@ -2,8 +2,8 @@
 import json
 import nbformat
 import pytest
-from stacvs.repro import (ReproRun, repro_items, read_item, resolve_protocol_card, check_protocol, notebook_defaults,
-                          same_setting)
+from stacvs.repro import ReproRun, repro_items, read_item
+from stacvs.protocol import resolve_protocol_card, check_protocol, notebook_defaults, same_setting
 
 PAPER_ITEMS = [item for item, info in repro_items().items() if info.startswith(('StacNAS ', 'VS-DARTS '))]
 

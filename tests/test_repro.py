@@ -2,7 +2,8 @@
 import json, os, subprocess, sys
 from pathlib import Path
 import pytest
-from stacvs.repro import run_batch, run_item, default_notebook_dir, repro_items, write_report, ReproRun, read_item
+from stacvs.repro import run_batch, run_item, default_notebook_dir, repro_items, ReproRun, read_item
+from stacvs.report import write_report
 from stacvs.cli import main
 
 NOTEBOOKS = list(repro_items())  # every item with a data file nbs/repro/<item>.yaml

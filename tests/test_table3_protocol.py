@@ -2,7 +2,8 @@
 import pytest
 from stacvs.methods import METHOD_PRESETS
 from stacvs.paper_values import VSDARTS_TABLE3_METHODS
-from stacvs.repro import notebook_defaults, profile_parameters
+from stacvs.repro import profile_parameters
+from stacvs.protocol import notebook_defaults
 from stacvs.vsdarts_table3 import (table3_searches_for, table3_summary, best_over_grid, ROBUSTDARTS_L2_GRID,
                                    ROBUSTDARTS_COLUMNS, TABLE3_METHODS)
 
