@@ -199,7 +199,7 @@ def cmd_train(args):
 
 # %% ../nbs/15_cli.ipynb #f9b6da16
 def cmd_genotype(args):
-    from stacvs.genotypes import GENOTYPES, get_genotype, genotype_to_dict, save_cell_diagrams
+    from stacvs.genotypes import CELL_TYPES, GENOTYPES, get_genotype, genotype_to_dict, save_cell_diagrams
     if args.action == 'list':
         print('\n'.join(sorted(GENOTYPES))); return sorted(GENOTYPES)
     from stacvs.runs import check_number, check_out_dir
@@ -210,8 +210,11 @@ def cmd_genotype(args):
     if args.action == 'show':
         print(json.dumps(genotype_to_dict(genotype), indent=1)); return genotype
     if args.action == 'plot':
-        check_out_dir(args.out or '.')
-        paths = save_cell_diagrams(genotype, args.out or '.')
+        out = Path(args.out or '.'); check_out_dir(out)
+        there = [f"{out / name}.png" for name in CELL_TYPES if (out / f'{name}.png').exists()]
+        if there and not args.overwrite:
+            raise ValueError(f"{', '.join(there)} already exist(s); pass --overwrite to replace, or choose another --out")
+        paths = save_cell_diagrams(genotype, out)
         print('\n'.join(map(str, paths))); return paths
     from stacvs.networks import NetworkCIFAR, NetworkImageNet, count_parameters
     for name in ('channels', 'layers', 'classes'): check_number(getattr(args, name), name, at_least=1, integer=True,
@@ -368,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='list the published genotypes, show one as JSON, plot its cells, or count its parameters')
     p.add_argument('genotype', nargs='?', help='a published name (see `list`), a genotype JSON or a result.json')
     p.add_argument('--out', help='directory for `plot` (default: current directory)')
+    p.add_argument('--overwrite', action='store_true', help='for `plot`: replace normal.png and reduce.png in --out')
     p.add_argument('--channels', type=int, default=36, help='for `params`: channels of the first cells (default: 36)')
     p.add_argument('--layers', type=int, default=20, help='for `params`: cells in the network (default: 20)')
     p.add_argument('--classes', type=int, default=None, help='for `params`: classes (default: 10, or 1000 with --imagenet)')

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 from .spaces import edge_inputs
-from .runs import RunDir, atomic_write_text, to_jsonable, _interactive
+from .runs import RunDir, atomic_write_text, to_jsonable, _interactive, _live
 
 # %% auto #0
 __all__ = ['TENSORBOARD_HINT', 'THREAD_VARIABLES', 'THREADS_HELP', 'lines_wanted', 'format_duration', 'ProgressLines',
@@ -18,17 +18,10 @@ __all__ = ['TENSORBOARD_HINT', 'THREAD_VARIABLES', 'THREADS_HELP', 'lines_wanted
            'supernet_accuracy', 'search_summary', 'train_summary', 'run_reporters']
 
 # %% ../nbs/07c_reporting.ipynb #d0a4f7d7
-def _stdout_live() -> bool:
-    "Is stdout a terminal or a Jupyter kernel (where bars are drawn), rather than a file or a pipe?"
-    out = sys.stdout
-    if out is not None and hasattr(out, 'isatty') and out.isatty(): return True
-    shell = sys.modules.get('IPython') and sys.modules['IPython'].get_ipython()
-    return getattr(shell, 'kernel', None) is not None
-
 def lines_wanted(quiet: bool = False, # silence everything
                  progress: bool = True) -> bool: # the run's bars setting (`config.progress`)
     "Print progress lines? Not with `quiet`; otherwise wherever no bar shows the progress on stdout's screen."
-    return not quiet and not (progress and _interactive() and _stdout_live())
+    return not quiet and not (progress and _interactive() and _live(sys.stdout))
 
 def format_duration(seconds: float) -> str:
     "A short duration: 42.0s, 3m05s, 2h07m."
@@ -108,9 +101,6 @@ def _csv_text(rows, header) -> str:
     writer = csv.DictWriter(buffer, header, extrasaction='ignore', lineterminator='\n')
     for row in rows: writer.writerow(row)
     return buffer.getvalue()
-
-@patch(as_prop=True)
-def csv_path(self: RunDir) -> Path: return self.path / 'log.csv'
 
 @patch
 def write_csv_log(self: RunDir) -> Path:

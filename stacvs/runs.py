@@ -180,6 +180,7 @@ class RunDir:
     checkpoint_path = property(lambda self: self.path / 'checkpoint.pt')
     previous_checkpoint_path = property(lambda self: self.path / 'checkpoint.prev.pt')
     log_path = property(lambda self: self.path / 'log.jsonl')
+    csv_path = property(lambda self: self.path / 'log.csv')  # the same records as a table (stacvs.reporting)
     result_path = property(lambda self: self.path / 'result.json')
     has_checkpoint = property(lambda self: self.checkpoint_path.exists())
     def __repr__(self): return f"RunDir({str(self.path)!r})"
@@ -321,7 +322,7 @@ def start(self: RunDir,
     changes = self.check_resumable(config, override) if resume else {}
     state = self.load_checkpoint() if resume and self.has_checkpoint else None
     if state is None:  # a fresh start, or a run that died before its first checkpoint: no stale log or result
-        for p in (self.log_path, self.path / 'log.csv', self.result_path): p.unlink(missing_ok=True)
+        for p in (self.log_path, self.csv_path, self.result_path): p.unlink(missing_ok=True)
     if changes:
         history = self.read_config().get('resume_overrides', []) + [dict(epoch=(state or {}).get('epoch'), changes=changes)]
         self.write_config(dict(config, resume_overrides=history))
@@ -397,11 +398,15 @@ def check_finite_epoch(record: dict, # the epoch's log record
         raise NonFiniteLossError(f"non-finite {', '.join(bad)} at {where}; " + _DIVERGED.format(advice=advice or _ADVICE))
 
 # %% ../nbs/07a_runs.ipynb #253605c6
-def _interactive() -> bool:
-    "Is there a terminal or a Jupyter kernel to draw a bar in?"
-    if sys.stderr is not None and hasattr(sys.stderr, 'isatty') and sys.stderr.isatty(): return True
+def _live(stream) -> bool:
+    "Does `stream` show on a screen: a terminal, or a Jupyter kernel's output (rather than a file or a pipe)?"
+    if stream is not None and hasattr(stream, 'isatty') and stream.isatty(): return True
     shell = sys.modules.get('IPython') and sys.modules['IPython'].get_ipython()
     return getattr(shell, 'kernel', None) is not None
+
+def _interactive() -> bool:
+    "Is there a terminal or a Jupyter kernel to draw a bar in (tqdm draws on stderr)?"
+    return _live(sys.stderr)
 
 def progress(iterable, # what to loop over
              disable: bool = False, # no bar at all (e.g. `progress=False` in a config)

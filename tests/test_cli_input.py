@@ -79,6 +79,18 @@ def test_an_out_that_is_a_file_or_not_writable_fails_before_anything_is_written(
     assert code == 2 and len(lines) == 1 and '--out' in lines[0]
 
 
+
+def test_genotype_plot_never_replaces_diagrams_without_overwrite(tmp_path, capsys):
+    (tmp_path / 'normal.png').write_bytes(b'a finished diagram')
+    code, lines = run_bad(['genotype', 'plot', 'DARTS_V2', '--out', str(tmp_path)], capsys)
+    assert code == 2 and len(lines) == 1 and 'normal.png' in lines[0] and '--overwrite' in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['normal.png']  # refused before anything was written
+    assert (tmp_path / 'normal.png').read_bytes() == b'a finished diagram'
+    paths = main(['genotype', 'plot', 'DARTS_V2', '--out', str(tmp_path), '--overwrite'])
+    assert [p.name for p in paths] == ['normal.png', 'reduce.png']
+    assert (tmp_path / 'normal.png').read_bytes()[:4] == b'\x89PNG'
+
+
 @pytest.mark.parametrize('content,problem', [
     ('{"name": "x",', 'is not valid JSON'),
     (json.dumps(toy_space(ops=('none', 'conv_9x9'))), "unknown operation 'conv_9x9'"),
