@@ -12,7 +12,7 @@ from .spaces import SearchSpace, CellSpaces, get_space, edge_inputs
 from .relaxations import Relaxation, get_relaxation
 
 # %% auto #0
-__all__ = ['CELL_TYPES', 'MixedOp', 'SearchCell', 'reduction_layers', 'Supernet']
+__all__ = ['CELL_TYPES', 'STEMS', 'MixedOp', 'SearchCell', 'reduction_layers', 'imagenet_search_stem', 'Supernet']
 
 # %% ../nbs/03_cells.ipynb #3f70ef15
 class MixedOp(nn.Module):
@@ -69,6 +69,14 @@ def reduction_layers(layers: int) -> set[int]:
     "The reduction cells of a `layers`-cell network: at a third and two thirds of the depth (DARTS)."
     return {layers // 3, 2 * layers // 3} if layers >= 3 else set()
 
+STEMS = ('cifar', 'imagenet')
+
+def imagenet_search_stem(in_channels: int, C: int) -> tuple[nn.Sequential, nn.Sequential]:
+    "PC-DARTS's ImageNet search stem (`model_search_imagenet.py`): stem0 to 1/4 of the image, stem1 to 1/8, C channels."
+    conv = lambda c_in, c_out: nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False)
+    stem0 = nn.Sequential(conv(in_channels, C // 2), nn.BatchNorm2d(C // 2), nn.ReLU(), conv(C // 2, C), nn.BatchNorm2d(C))
+    return stem0, nn.Sequential(nn.ReLU(), conv(C, C), nn.BatchNorm2d(C))  # ReLU not in place: s0 stays stem0's output
+
 class Supernet(nn.Module):
     "The DARTS search network over a `SearchSpace`, with architecture parameters α."
     def __init__(self, C: int = 16, # initial channels
@@ -81,19 +89,22 @@ class Supernet(nn.Module):
                  alpha_per_cell: bool = False, # one α set per cell instead of one per cell type
                  node_norm: bool = False, # VS-DARTS node normalization
                  alpha_init_scale: float = 1e-3, # α ~ scale · N(0, 1) (reference §2)
-                 factorized_reduce: str = 'darts'): # 'darts' or 'vsdarts' (its code's order, `set_factorized_reduce`)
+                 factorized_reduce: str = 'darts', # 'darts' or 'vsdarts' (its code's order, `set_factorized_reduce`)
+                 stem: str = 'cifar'): # 'cifar' (one 3×3 conv) or 'imagenet' (PC-DARTS: three stride-2 convs, cells at 1/8)
         super().__init__()
+        if stem not in STEMS: raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         self.space, self.relaxation = get_space(space), get_relaxation(relaxation)
         self.layers, self.alpha_per_cell = layers, alpha_per_cell
         self.cell_spaces = self.space.spaces if isinstance(self.space, CellSpaces) else None  # StacNAS: all cells differ
         if self.cell_spaces is not None and (not alpha_per_cell or len(self.cell_spaces) != layers):
             raise ValueError(f"space {self.space.name!r} has {len(self.cell_spaces)} cell spaces: it needs "
                              f"alpha_per_cell=True and layers={len(self.cell_spaces)}, got {alpha_per_cell} and {layers}")
-        self.reduction_layers = reduction_layers(layers)
+        self.reduction_layers, self.stem_kind = reduction_layers(layers), stem
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        if stem == 'imagenet': self.stem0, self.stem1 = imagenet_search_stem(in_channels, C_curr)
+        else: self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         self.cells = nn.ModuleList()
-        C_pp, C_p, C_curr, reduction_prev = C_curr, C_curr, C, False
+        C_pp, C_p, C_curr, reduction_prev = C_curr, C_curr, C, stem == 'imagenet'
         for i in range(layers):
             reduction = i in self.reduction_layers
             if reduction: C_curr *= 2
@@ -156,7 +167,8 @@ def mixing_weights(self: Supernet, cell_type: str) -> torch.Tensor:
 @patch
 def forward(self: Supernet, x):
     weights = {t: self.mixing_weights(t) for t in CELL_TYPES}
-    s0 = s1 = self.stem(x)
+    if self.stem_kind == 'imagenet': s0 = self.stem0(x); s1 = self.stem1(s0)
+    else: s0 = s1 = self.stem(x)
     for cell, idx in zip(self.cells, self.cell_alpha_index):
         w = weights['reduce' if cell.reduction else 'normal'][idx].to(s1.dtype)
         s0, s1 = s1, cell(s0, s1, w)

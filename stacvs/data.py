@@ -19,11 +19,12 @@ from sklearn.datasets import load_digits
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DATASETS', 'DIGITS_TRAIN_SIZE', 'DatasetInfo', 'get_dataset_info', 'DatasetNotFoundError', 'dataset_missing',
-           'load_arrays', 'idx_folder', 'read_idx', 'require_dataset', 'derive_seed', 'keyed_generator', 'crop_flip',
-           'apply_cutout', 'BatchRows', 'shard_rows', 'BatchAugment', 'default_augment', 'EpochCursor', 'ArrayLoader',
-           'ForeverIterator', 'subset_indices', 'search_loaders', 'KeyedRandomDataset', 'ResumableDataLoader',
-           'AutoAugmentArrays', 'imagenet_loaders', 'train_loaders', 'synthetic_arrays']
+__all__ = ['DATASETS', 'DIGITS_TRAIN_SIZE', 'IMAGENET_SEARCH_SPLIT', 'DatasetInfo', 'get_dataset_info', 'DatasetNotFoundError',
+           'dataset_missing', 'load_arrays', 'idx_folder', 'read_idx', 'require_dataset', 'derive_seed',
+           'keyed_generator', 'crop_flip', 'apply_cutout', 'BatchRows', 'shard_rows', 'BatchAugment', 'default_augment',
+           'EpochCursor', 'ArrayLoader', 'ForeverIterator', 'subset_indices', 'search_loaders', 'KeyedRandomDataset',
+           'ResumableDataLoader', 'AutoAugmentArrays', 'imagenet_loaders', 'train_loaders', 'class_split',
+           'FolderSearchLoader', 'imagenet_search_loaders', 'synthetic_arrays']
 
 # %% ../nbs/06_data.ipynb #6773b4e2
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def load_arrays(name: str, # a key of `DATASETS` other than 'imagenet'
     if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == 'digits': return _digits(split)
     if name == 'imagenet':
-        raise ValueError("ImageNet does not fit in memory, so it has no arrays; use train_loaders('imagenet', root)")
+        raise ValueError("ImageNet does not fit in memory, so it has no arrays; use train_loaders('imagenet', root) "
+                         "or search_loaders('imagenet', root)")
     if root is None: raise dataset_missing(name, None)
     if name in ('mnist', 'fashion_mnist'): return _idx_arrays(name, root, split)  # defined below
     return _torchvision_arrays(name, root, split)
@@ -372,18 +374,26 @@ def subset_indices(n: int, fraction: float, seed: int) -> torch.Tensor:
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     return torch.randperm(n, generator=keyed_generator(seed, _SUBSET))[:max(1, round(n * fraction))]
 
-def search_loaders(dataset: str, # a key of `DATASETS` other than 'imagenet'
+def search_loaders(dataset: str, # a key of `DATASETS` ('imagenet': streamed, `imagenet_search_loaders`)
                    root=None, # the data root (not needed for 'digits')
                    batch_size: int = 64,
                    bilevel: bool = True, # split into train (weights) and valid (α)? False: one loader, all images
-                   train_portion: float = 0.5, # share of the images that train the weights, when bilevel
-                   fraction: float = 1.0, # use this seeded share of the training images
+                   train_portion: float = 0.5, # share of the images that train the weights, when bilevel (not ImageNet)
+                   fraction: float = 1.0, # use this seeded share of the training images (ImageNet: of PC-DARTS's sample)
                    seed: int = 0, device='cpu',
                    augment: bool = True, # crop + flip (DARTS search augmentation)
                    channels_last: bool = False,
-                   shard: tuple[int, int] = (0, 1)): # (rank, world size) under torchrun
+                   shard: tuple[int, int] = (0, 1), # (rank, world size) under torchrun
+                   num_workers: int | None = None): # DataLoader workers (ImageNet only; None: 4, at most one per CPU)
     "(train loader, valid loader) for bilevel search, (all-data loader, None) for one-level."
     info = get_dataset_info(dataset)
+    if dataset == 'imagenet':
+        if train_portion != 0.5:
+            raise ValueError(f"--train-portion {train_portion} does not apply to ImageNet: its search split is PC-DARTS's "
+                             f"{IMAGENET_SEARCH_SPLIT} of each class; scale both with --fraction")
+        train_fraction, valid_fraction = (f * fraction for f in IMAGENET_SEARCH_SPLIT)
+        return imagenet_search_loaders(root, batch_size, train_fraction, valid_fraction, bilevel, seed, device, augment,
+                                       info.image_size, num_workers, shard)
     x, y = load_arrays(dataset, root, 'train')
     idx = subset_indices(len(x), fraction, seed)
     kw = dict(mean=info.mean, std=info.std, augment=default_augment(info) if augment else None, device=device,
@@ -412,9 +422,10 @@ class ResumableDataLoader(EpochCursor):
     "A `DataLoader` over a `KeyedRandomDataset` with `ArrayLoader`'s seeded, resumable epochs."
     def __init__(self, dataset: KeyedRandomDataset, batch_size: int, shuffle: bool = True, drop_last: bool = False,
                  num_workers: int = 0, seed: int = 0,
-                 shard: tuple[int, int] = (0, 1)): # (rank, world size): yield this rank's rows of every batch
+                 shard: tuple[int, int] = (0, 1), # (rank, world size): yield this rank's rows of every batch
+                 device=None): # move each batch there (None: leave it on the CPU)
         self._init_cursor(len(dataset), batch_size, shuffle, drop_last, seed, shard=shard)
-        self.dataset, self.num_workers = dataset, num_workers
+        self.dataset, self.num_workers, self.device = dataset, num_workers, device
 
     def _remaining_batches(self) -> list[list[tuple[int, int]]]:
         "The dataset keys of the rest of this epoch's batches (this rank's rows of each)."
@@ -428,7 +439,7 @@ class ResumableDataLoader(EpochCursor):
         for batch in DataLoader(self.dataset, batch_sampler=self._remaining_batches(), num_workers=self.num_workers,
                                 pin_memory=torch.cuda.is_available()):
             self.position += 1
-            yield batch
+            yield batch if self.device is None else tuple(t.to(self.device, non_blocking=True) for t in batch)
 
 # %% ../nbs/06_data.ipynb #5fe2a013
 class AutoAugmentArrays(Dataset):
@@ -448,16 +459,21 @@ class AutoAugmentArrays(Dataset):
         return self.augment.after_normalize(img, None)[0], self.y[i]
 
 # %% ../nbs/06_data.ipynb #84c6373e
+def _imagenet_transforms(image_size: int = 224):
+    "DARTS's ImageNet (train, test) transforms: RandomResizedCrop, flip, ColorJitter; Resize 256 + CenterCrop 224 at 224."
+    from torchvision import transforms as T  # ImageNet only: imported where needed
+    info = DATASETS['imagenet']
+    norm = T.Normalize(info.mean, info.std)
+    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4, 0.2),
+                          T.ToTensor(), norm])
+    return train_tf, T.Compose([T.Resize(image_size * 8 // 7), T.CenterCrop(image_size), T.ToTensor(), norm])
+
 def imagenet_loaders(root, batch_size: int = 128, num_workers: int = 4, seed: int = 0, shard: tuple[int, int] = (0, 1)):
     "(train, val) loaders over `root/imagenet/{train,val}` with the DARTS ImageNet transforms."
     base = Path(root if root is not None else 'ROOT') / 'imagenet'
     if root is None or not (base / 'train').is_dir() or not (base / 'val').is_dir(): raise dataset_missing('imagenet', root)
-    info = DATASETS['imagenet']
-    from torchvision import datasets as tv_datasets, transforms as T  # ImageNet only: imported where needed
-    norm = T.Normalize(info.mean, info.std)
-    train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4, 0.2),
-                          T.ToTensor(), norm])
-    test_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+    from torchvision import datasets as tv_datasets  # ImageNet only: imported where needed
+    train_tf, test_tf = _imagenet_transforms(224)
     train = KeyedRandomDataset(tv_datasets.ImageFolder(base / 'train', train_tf), seed)
     test = KeyedRandomDataset(tv_datasets.ImageFolder(base / 'val', test_tf), seed)
     return (ResumableDataLoader(train, batch_size, True, False, num_workers, seed, shard),
@@ -497,6 +513,67 @@ def train_loaders(dataset: str, # a key of `DATASETS`
     train = ArrayLoader(x, y, batch_size, mean=info.mean, std=info.std, augment=default_augment(info, cutout),
                         device=device, seed=seed, channels_last=channels_last, shard=shard)
     return train, test
+
+# %% ../nbs/06_data.ipynb #23210787
+import copy, os
+from torch.utils.data import Subset
+
+IMAGENET_SEARCH_SPLIT = (0.1, 0.025) # PC-DARTS: 10 % of each class trains the weights, 2.5 % trains α
+
+def class_split(targets, # each image's class (`ImageFolder.targets`)
+                train_fraction: float, valid_fraction: float, # shares of each class on each side
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    "Disjoint seeded samples of each class: round(n·train_fraction) and round(n·valid_fraction) of its n images, ≥ 1."
+    if not (0 < train_fraction < 1 and 0 < valid_fraction < 1 and train_fraction + valid_fraction <= 1):
+        raise ValueError(f"train and valid fractions must be in (0, 1) and sum to at most 1, got {train_fraction} "
+                         f"and {valid_fraction}")
+    targets, g, train, valid = torch.as_tensor(targets), keyed_generator(seed, _SUBSET), [], []
+    order, start = torch.argsort(targets, stable=True), 0
+    for c, n in enumerate(torch.bincount(targets).tolist()):
+        idx, start = order[start:start + n][torch.randperm(n, generator=g)], start + n
+        n_train, n_valid = max(1, round(n * train_fraction)), max(1, round(n * valid_fraction))
+        if n and n_train + n_valid > n:
+            raise ValueError(f"class {c} has {n} image(s), too few for {n_train} search-train and {n_valid} search-val "
+                             "images; give every class more images")
+        if n: train.append(idx[:n_train]); valid.append(idx[n_train:n_train + n_valid])
+    return torch.cat(train), torch.cat(valid)
+
+class FolderSearchLoader(ResumableDataLoader):
+    "Seeded, resumable batches of some images of a folder; `eval_loader` reads them without random transforms."
+    def __init__(self, folder, eval_folder, indices, batch_size: int, num_workers: int, seed: int, device, shard):
+        super().__init__(KeyedRandomDataset(Subset(folder, indices.tolist()), seed), batch_size,
+                         num_workers=num_workers, seed=seed, shard=shard, device=device)
+        self.eval_data = Subset(eval_folder, indices.tolist())
+
+    def eval_loader(self, batch_size: int | None = None) -> ResumableDataLoader:
+        "An unshuffled loader over the same images, resized and center-cropped (for evaluation); shares no cursor."
+        return ResumableDataLoader(KeyedRandomDataset(self.eval_data, self.seed), batch_size or self.batch_size,
+                                   shuffle=False, num_workers=self.num_workers, seed=self.seed, shard=self.shard,
+                                   device=self.device)
+
+def imagenet_search_loaders(root, # the data root: ImageNet's training images in root/imagenet/train (an ImageFolder)
+                            batch_size: int = 64,
+                            train_fraction: float = IMAGENET_SEARCH_SPLIT[0], # share of each class training the weights
+                            valid_fraction: float = IMAGENET_SEARCH_SPLIT[1], # share of each class training α
+                            bilevel: bool = True, # False: one loader over both samples (one-level search)
+                            seed: int = 0, device='cpu',
+                            augment: bool = True, # DARTS's ImageNet training transforms (False: resize + center crop)
+                            image_size: int = 224, # side of the crops the network sees
+                            num_workers: int | None = None, # DataLoader workers (None: 4, at most one per CPU)
+                            shard: tuple[int, int] = (0, 1)): # (rank, world size) under torchrun
+    "(search-train, search-val) loaders streaming a seeded sample of each ImageNet class; (both samples, None) one-level."
+    folder_path = Path(root if root is not None else 'ROOT') / 'imagenet' / 'train'
+    if root is None or not folder_path.is_dir(): raise dataset_missing('imagenet', root)
+    from torchvision import datasets as tv_datasets  # ImageNet only: imported where needed
+    train_tf, test_tf = _imagenet_transforms(image_size)
+    folder = tv_datasets.ImageFolder(folder_path, train_tf if augment else test_tf)
+    eval_folder = copy.copy(folder)  # the same file list (no second scan of the folder), read without random transforms
+    eval_folder.transform = test_tf
+    train, valid = class_split(folder.targets, train_fraction, valid_fraction, seed)
+    if num_workers is None: num_workers = min(4, os.cpu_count() or 1)
+    make = lambda idx, s: FolderSearchLoader(folder, eval_folder, idx, batch_size, num_workers, s, device, shard)
+    if not bilevel: return make(torch.cat([train, valid]), seed), None
+    return make(train, seed), make(valid, derive_seed(seed, _VALID))
 
 # %% ../nbs/06_data.ipynb #fcd16757
 def synthetic_arrays(n: int = 256, channels: int = 3, size: int = 32, num_classes: int = 10, seed: int = 0):

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .ops import make_op, ReLUConvBN, FactorizedReduce
 from .genotypes import Genotype, get_genotype
+from .cells import reduction_layers
 
 # %% auto #0
 __all__ = ['drop_path', 'SqueezeExcite', 'Cell', 'AuxiliaryHead', 'AuxiliaryHeadCIFAR', 'AuxiliaryHeadImageNet', 'is_per_cell',
@@ -136,9 +137,9 @@ class _Network(nn.Module):
     def _build_cells(self, genotypes, C, C_stem, layers, reduction_prev, num_classes, auxiliary, aux_head, **cell_kw):
         self.layers, self.auxiliary, self.genotypes = layers, auxiliary, genotypes
         self.cells = nn.ModuleList()
-        C_pp, C_p, C_curr = C_stem, C_stem, C
+        C_pp, C_p, C_curr, reductions = C_stem, C_stem, C, reduction_layers(layers)  # the supernet's rule
         for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+            reduction = i in reductions
             if reduction: C_curr *= 2
             cell = Cell(genotypes[i], C_pp, C_p, C_curr, reduction, reduction_prev, **cell_kw)
             self.cells.append(cell)

@@ -158,7 +158,8 @@ class Search(RunLoop):
         self.model = (model or Supernet(config.channels, self.info.num_classes, config.layers, config.space,
                                         config.stem_multiplier, self.info.in_channels, config.relaxation,
                                         config.alpha_per_cell, config.node_norm,
-                                        factorized_reduce=config.factorized_reduce)).to(self.device)
+                                        factorized_reduce=config.factorized_reduce,
+                                        stem='imagenet' if config.dataset == 'imagenet' else 'cifar')).to(self.device)
         self.model = replicate(self.model, self.dist, config.sync_bn)  # under torchrun: same start, global-batch BN
         # the CPU speed-ups and memory layout the config asks for (`stacvs.accel`): the same sums, faster
         self.channels_last = accelerate(self.model, self.device, config, config.batch_size // self.dist.world_size,

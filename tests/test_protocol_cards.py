@@ -36,7 +36,7 @@ def test_table2_records_the_imagenet_search_it_does_not_run():
                        'IMAGENET rows: search batch size': 1024, 'IMAGENET rows: GPUs (8 V100; torchrun here)': 8,
                        'IMAGENET rows: search weight lr for batch 1,024': 'not stated',
                        'IMAGENET rows: search cost (GPU days)': 20, 'AA rows: AutoAugment (ImageNet policy)': True}
-    assert "`search_loaders` refuses ImageNet" in card['IMAGENET rows: stage-2 cells']['reason']
+    assert "the library searches ImageNet" in card['IMAGENET rows: stage-2 cells']['reason']
     assert all(r['same'] for r in card.values() if r['resolved'] != 'not run')
     assert (card['base rows: training epochs']['value'], card['AA rows: training epochs']['value'],
             card['training lr (SGD)']['value']) == (250, 800, 0.1)
