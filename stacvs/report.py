@@ -97,10 +97,11 @@ def item_page(record: dict) -> str:
     if record.get('protocol_card'): lines.append(f"- protocol card: [{item}/protocol_card.md](../{item}/protocol_card.md)")
     return '\n'.join(lines) + '\n'
 
-def not_run_items(out: Path) -> list[dict]:
-    "The items the latest batch did not run (no profile of its name), from OUT/summary.json."
-    summary = out / 'summary.json'
-    return [s for s in json.loads(summary.read_text()) if s.get('status') == 'not run'] if summary.exists() else []
+def not_run_items(out: Path, complete=()) -> list[dict]:
+    "The items a batch here did not run (no profile of its name; the latest reason), unless one is `complete` since."
+    summaries = sorted((out / 'summaries').glob('*.json')) or [out / 'summary.json']  # time order; older layout
+    latest = {s['item']: s for p in summaries if p.exists() for s in json.loads(p.read_text())}
+    return [s for item, s in sorted(latest.items()) if s.get('status') == 'not run' and item not in complete]
 
 def overview_lines(results: list[dict], failures: list[dict], not_run: list[dict]) -> list[str]:
     "The overview table: item | claim | verdict | wall time, one row per claim (a failed or skipped item: one row)."
@@ -127,7 +128,7 @@ def write_report(out: str | Path) -> Path:
     "Write OUT/report.md (overview of the claims, then each item), OUT/pages/<item>.md, report.csv and the chart."
     out = Path(out)
     results, failures = collect_results(out)
-    not_run = not_run_items(out)
+    not_run = not_run_items(out, {r['item'] for r in results})
     rows = report_rows(results)
     columns = ['item', 'key', 'unit', 'paper', 'paper_std', 'measured', 'difference', 'rough_check_within_2std', 'profile']
     with open(out / 'report.csv.tmp', 'w', newline='') as f:
