@@ -112,6 +112,12 @@ def check_claim(item: str, claim) -> dict:
 
 def _num(v) -> str: return f'{v:.3g}'
 
+def _digits(*numbers: float):
+    "A formatter with 3 significant digits, or as many more (up to 9) as it takes to tell unequal numbers apart."
+    for d in range(3, 10):
+        if len({f'{x:.{d}g}' for x in numbers}) == len(set(numbers)): break
+    return lambda v: f'{v:.{d}g}'
+
 def _relation(a: float, b: float) -> str: return '<' if a < b else '>' if a > b else '='
 
 def _shown(v: dict) -> str:
@@ -151,19 +157,23 @@ def evaluate_claim(claim: dict, # a checked `claims` entry
     if kind == 'same_partition': holds, detail = _same_partition(*(c['groups'] for c in compared))
     elif kind in ('increasing', 'decreasing'):
         holds = all(a < b if kind == 'increasing' else a > b for a, b in zip(means, means[1:]))
-        detail = _num(means[0]) + ''.join(f" {_relation(a, b)} {_num(b)}" for a, b in zip(means, means[1:]))
+        num = _digits(*means)
+        detail = num(means[0]) + ''.join(f" {_relation(a, b)} {num(b)}" for a, b in zip(means, means[1:]))
     elif kind in _SYMBOLS:
         other = means[1] if len(means) > 1 else float(claim['than'])
         holds = _HOLDS[_SYMBOLS[kind]](means[0], other)
-        detail = f"{_num(means[0])} {_relation(means[0], other)} {_num(other)}"
+        num = _digits(means[0], other)
+        detail = f"{num(means[0])} {_relation(means[0], other)} {num(other)}"
     elif kind == 'within':
         low, high = map(float, claim['range'])
         holds = all(low <= m <= high for m in means)
-        detail = f"{', '.join(map(_num, means))} {'inside' if holds else 'not all inside'} [{_num(low)}, {_num(high)}]"
+        num = _digits(*means, low, high)
+        detail = f"{', '.join(map(num, means))} {'inside' if holds else 'not all inside'} [{num(low)}, {num(high)}]"
     else:  # closer
         a, b, target = means
         holds = abs(a - target) < abs(b - target)
-        detail = f"|{_num(a)} − {_num(target)}| {_relation(abs(a - target), abs(b - target))} |{_num(b)} − {_num(target)}|"
+        num = _digits(a, b, target)
+        detail = f"|{num(a)} − {num(target)}| {_relation(abs(a - target), abs(b - target))} |{num(b)} − {num(target)}|"
     return dict(verdict='holds' if holds else 'does not hold', values=compared, detail=detail)
 
 def evaluate_claims(item: str, # the item id (named in errors)
