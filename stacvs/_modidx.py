@@ -122,6 +122,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'stacvs.cells.imagenet_search_stem': ('cells.html#imagenet_search_stem', 'stacvs/cells.py'),
                               'stacvs.cells.reduction_layers': ('cells.html#reduction_layers', 'stacvs/cells.py')},
             'stacvs.claims': { 'stacvs.claims._describe': ('claims.html#_describe', 'stacvs/claims.py'),
+                               'stacvs.claims._digits': ('claims.html#_digits', 'stacvs/claims.py'),
                                'stacvs.claims._num': ('claims.html#_num', 'stacvs/claims.py'),
                                'stacvs.claims._numbers': ('claims.html#_numbers', 'stacvs/claims.py'),
                                'stacvs.claims._partition': ('claims.html#_partition', 'stacvs/claims.py'),
