@@ -195,6 +195,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'stacvs.data.BatchAugment.before_normalize': ('data.html#batchaugment.before_normalize', 'stacvs/data.py'),
                              'stacvs.data.BatchRows': ('data.html#batchrows', 'stacvs/data.py'),
                              'stacvs.data.DatasetInfo': ('data.html#datasetinfo', 'stacvs/data.py'),
+                             'stacvs.data.DatasetInfo.cell_size': ('data.html#datasetinfo.cell_size', 'stacvs/data.py'),
                              'stacvs.data.DatasetNotFoundError': ('data.html#datasetnotfounderror', 'stacvs/data.py'),
                              'stacvs.data.EpochCursor': ('data.html#epochcursor', 'stacvs/data.py'),
                              'stacvs.data.EpochCursor.__len__': ('data.html#epochcursor.__len__', 'stacvs/data.py'),

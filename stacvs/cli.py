@@ -213,7 +213,8 @@ def cmd_genotype(args):
         out = Path(args.out or '.'); check_out_dir(out)
         there = [f"{out / name}.png" for name in CELL_TYPES if (out / f'{name}.png').exists()]
         if there and not args.overwrite:
-            raise ValueError(f"{', '.join(there)} already exist(s); pass --overwrite to replace, or choose another --out")
+            verb = 'exists' if len(there) == 1 else 'exist'
+            raise ValueError(f"{', '.join(there)} already {verb}; pass --overwrite to replace, or choose another --out")
         paths = save_cell_diagrams(genotype, out)
         print('\n'.join(map(str, paths))); return paths
     from stacvs.networks import NetworkCIFAR, NetworkImageNet, count_parameters

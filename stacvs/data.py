@@ -6,7 +6,10 @@
 # Over 400 lines on purpose: every dataset the papers use (CIFAR, SVHN, ImageNet, the embedded digits) and the
 # loaders, splits and augmentations they share, so each is checked against the others.
 from __future__ import annotations
+import copy
+import gzip
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -14,17 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from sklearn.datasets import load_digits
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DATASETS', 'DIGITS_TRAIN_SIZE', 'IMAGENET_SEARCH_SPLIT', 'DatasetInfo', 'get_dataset_info', 'DatasetNotFoundError',
-           'dataset_missing', 'load_arrays', 'idx_folder', 'read_idx', 'require_dataset', 'derive_seed',
-           'keyed_generator', 'crop_flip', 'apply_cutout', 'BatchRows', 'shard_rows', 'BatchAugment', 'default_augment',
-           'EpochCursor', 'ArrayLoader', 'ForeverIterator', 'subset_indices', 'search_loaders', 'KeyedRandomDataset',
-           'ResumableDataLoader', 'AutoAugmentArrays', 'imagenet_loaders', 'train_loaders', 'class_split',
-           'FolderSearchLoader', 'imagenet_search_loaders', 'synthetic_arrays']
+__all__ = ['DATASETS', 'DIGITS_TRAIN_SIZE', 'DEFAULT_TRAIN_PORTION', 'IMAGENET_SEARCH_SPLIT', 'DatasetInfo', 'get_dataset_info',
+           'DatasetNotFoundError', 'dataset_missing', 'load_arrays', 'idx_folder', 'read_idx', 'require_dataset',
+           'derive_seed', 'keyed_generator', 'crop_flip', 'apply_cutout', 'BatchRows', 'shard_rows', 'BatchAugment',
+           'default_augment', 'EpochCursor', 'ArrayLoader', 'ForeverIterator', 'subset_indices', 'search_loaders',
+           'KeyedRandomDataset', 'ResumableDataLoader', 'AutoAugmentArrays', 'imagenet_loaders', 'train_loaders',
+           'class_split', 'FolderSearchLoader', 'imagenet_search_loaders', 'synthetic_arrays']
 
 # %% ../nbs/06_data.ipynb #6773b4e2
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class DatasetInfo:
     mean: tuple # per-channel mean of the [0, 1] training pixels
     std: tuple # per-channel standard deviation of the [0, 1] training pixels
     flip: bool = True # is a horizontal flip label-preserving?
+    stem_stride: int = 1 # the networks' stems shrink each side by this before the first cell (ImageNet's: 224 → 28)
+
+    @property
+    def cell_size(self) -> int: return self.image_size // self.stem_stride # side of the first cells' inputs
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo('digits', 10, 1, 8, (0.3050,), (0.3756,), flip=False),
@@ -45,7 +52,7 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo('cifar10', 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     DatasetInfo('cifar100', 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     DatasetInfo('svhn', 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    DatasetInfo('imagenet', 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    DatasetInfo('imagenet', 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), stem_stride=8),
 ]}
 
 def get_dataset_info(name: str) -> DatasetInfo:
@@ -126,8 +133,6 @@ def load_arrays(name: str, # a key of `DATASETS` other than 'imagenet'
     return _torchvision_arrays(name, root, split)
 
 # %% ../nbs/06_data.ipynb #b1d7a002
-import gzip
-
 _IDX_FILES = dict(train=('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
                   test=('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'))
 
@@ -374,11 +379,13 @@ def subset_indices(n: int, fraction: float, seed: int) -> torch.Tensor:
     if not 0 < fraction <= 1: raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     return torch.randperm(n, generator=keyed_generator(seed, _SUBSET))[:max(1, round(n * fraction))]
 
+DEFAULT_TRAIN_PORTION = 0.5 # DARTS: half the training images train the weights, the other half α
+
 def search_loaders(dataset: str, # a key of `DATASETS` ('imagenet': streamed, `imagenet_search_loaders`)
                    root=None, # the data root (not needed for 'digits')
                    batch_size: int = 64,
                    bilevel: bool = True, # split into train (weights) and valid (α)? False: one loader, all images
-                   train_portion: float = 0.5, # share of the images that train the weights, when bilevel (not ImageNet)
+                   train_portion: float = DEFAULT_TRAIN_PORTION, # images that train the weights, bilevel (not ImageNet)
                    fraction: float = 1.0, # use this seeded share of the training images (ImageNet: of PC-DARTS's sample)
                    seed: int = 0, device='cpu',
                    augment: bool = True, # crop + flip (DARTS search augmentation)
@@ -388,7 +395,7 @@ def search_loaders(dataset: str, # a key of `DATASETS` ('imagenet': streamed, `i
     "(train loader, valid loader) for bilevel search, (all-data loader, None) for one-level."
     info = get_dataset_info(dataset)
     if dataset == 'imagenet':
-        if train_portion != 0.5:
+        if train_portion != DEFAULT_TRAIN_PORTION:
             raise ValueError(f"--train-portion {train_portion} does not apply to ImageNet: its search split is PC-DARTS's "
                              f"{IMAGENET_SEARCH_SPLIT} of each class; scale both with --fraction")
         train_fraction, valid_fraction = (f * fraction for f in IMAGENET_SEARCH_SPLIT)
@@ -515,9 +522,6 @@ def train_loaders(dataset: str, # a key of `DATASETS`
     return train, test
 
 # %% ../nbs/06_data.ipynb #23210787
-import copy, os
-from torch.utils.data import Subset
-
 IMAGENET_SEARCH_SPLIT = (0.1, 0.025) # PC-DARTS: 10 % of each class trains the weights, 2.5 % trains α
 
 def class_split(targets, # each image's class (`ImageFolder.targets`)

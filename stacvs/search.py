@@ -37,7 +37,7 @@ __all__ = ['OPTIMIZATIONS', 'SEARCH_OVERRIDABLE', 'UPDATE_RULES', 'SearchConfig'
 
 # %% ../nbs/08_search.ipynb #1ee56f03
 from .relaxations import RELAXATIONS
-from .data import DATASETS
+from .data import DATASETS, DEFAULT_TRAIN_PORTION
 
 OPTIMIZATIONS = ('bilevel', 'one-level')
 
@@ -55,7 +55,7 @@ class SearchConfig(RunOptions):
     stem_multiplier: int = 3 # the stem has stem_multiplier × channels channels
     epochs: int = 50 # search epochs (of each stage, in two-stage methods)
     batch_size: int = 64 # images per batch (each split, bilevel)
-    train_portion: float = 0.5 # bilevel: share of the training images that train the weights
+    train_portion: float = DEFAULT_TRAIN_PORTION # bilevel: share of the training images that train the weights
     fraction: float = 1.0 # use this share of the training images (smoke runs)
     augment: bool = True # crop + flip during search
     w_lr: float = 0.025 # initial learning rate of the weights (SGD, cosine schedule)
@@ -163,7 +163,7 @@ class Search(RunLoop):
         self.model = replicate(self.model, self.dist, config.sync_bn)  # under torchrun: same start, global-batch BN
         # the CPU speed-ups and memory layout the config asks for (`stacvs.accel`): the same sums, faster
         self.channels_last = accelerate(self.model, self.device, config, config.batch_size // self.dist.world_size,
-                                        self.info.image_size)
+                                        self.info.cell_size)
         self.w_optimizer = weight_optimizer(self.model.weights(), config)
         self.a_optimizer = torch.optim.Adam(self.model.alphas(), config.a_lr, betas=config.a_betas,
                                             weight_decay=config.a_weight_decay)

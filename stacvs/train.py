@@ -204,7 +204,7 @@ class Trainer(RunLoop):
         self.model = replicate((model or build_network(c, self.info)).to(self.device), self.dist, c.sync_bn)
         # the CPU speed-ups and memory layout the config asks for (`stacvs.accel`): the same sums, faster
         self.channels_last = accelerate(self.model, self.device, c, c.batch_size // self.dist.world_size,
-                                        self.info.image_size)
+                                        self.info.cell_size)
         # under torchrun DDP averages the gradients during the backward; self.model stays the plain network
         self.forward_model = (DistributedDataParallel(self.model, broadcast_buffers=False) if self.dist.active
                               else self.model)

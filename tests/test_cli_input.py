@@ -83,7 +83,7 @@ def test_an_out_that_is_a_file_or_not_writable_fails_before_anything_is_written(
 def test_genotype_plot_never_replaces_diagrams_without_overwrite(tmp_path, capsys):
     (tmp_path / 'normal.png').write_bytes(b'a finished diagram')
     code, lines = run_bad(['genotype', 'plot', 'DARTS_V2', '--out', str(tmp_path)], capsys)
-    assert code == 2 and len(lines) == 1 and 'normal.png' in lines[0] and '--overwrite' in lines[0], lines
+    assert code == 2 and len(lines) == 1 and 'normal.png already exists' in lines[0] and '--overwrite' in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ['normal.png']  # refused before anything was written
     assert (tmp_path / 'normal.png').read_bytes() == b'a finished diagram'
     paths = main(['genotype', 'plot', 'DARTS_V2', '--out', str(tmp_path), '--overwrite'])

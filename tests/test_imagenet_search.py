@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from stacvs.cells import Supernet
 from stacvs.cli import main
-from stacvs.data import imagenet_search_loaders, search_loaders
+from stacvs.data import get_dataset_info, imagenet_search_loaders, search_loaders
+from stacvs.networks import NetworkImageNet
 from stacvs.search import Search, SearchConfig
 
 CLASSES, PER_CLASS = 4, 6
@@ -55,6 +56,15 @@ def test_supernet_imagenet_stem_shapes():
     assert (s0.shape, s1.shape) == ((2, 12, 16, 16), (2, 12, 8, 8))  # 1/4 and 1/8 of the image, 3C channels
     assert net.cells[0].preprocess0.__class__.__name__ == 'FactorizedReduce'  # reduction_prev after the stem
     assert net(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize('stems', [lambda: (lambda n: (n.stem0, n.stem1))(Supernet(C=4, layers=3, stem='imagenet')),
+                                   lambda: (lambda n: (n.stem0, n.stem1))(NetworkImageNet(8, 10, 3, False, 'DARTS_V2'))])
+def test_imagenet_cells_see_the_cell_size_the_accelerator_is_told(stems):
+    stem0, stem1 = stems()
+    info = get_dataset_info('imagenet')
+    with torch.no_grad(): side = stem1(stem0(torch.randn(1, 3, info.image_size, info.image_size))).shape[-1]
+    assert side == info.cell_size == 28  # the state size that decides channels-last, not the 224-pixel image
 
 
 def test_search_builds_the_imagenet_stem(root):

@@ -17,10 +17,10 @@ __all__ = ['CHANNELS_LAST_MIN_ELEMENTS', 'prefer_channels_last', 'retain_freed_m
 CHANNELS_LAST_MIN_ELEMENTS = 2 ** 17  # CPU states at least this large run faster channels-last (see above)
 
 def prefer_channels_last(setting: bool | None, # a config's `channels_last`: True/False force it, None chooses
-                         device: torch.device, batch: int, channels: int, image_size: int) -> bool:
+                         device: torch.device, batch: int, channels: int, cell_size: int) -> bool:
     "Should a model run channels-last? `setting` if given, else on CPU when batch·channels·side² is large."
     if setting is not None: return bool(setting)
-    return torch.device(device).type == 'cpu' and batch * channels * image_size ** 2 >= CHANNELS_LAST_MIN_ELEMENTS
+    return torch.device(device).type == 'cpu' and batch * channels * cell_size ** 2 >= CHANNELS_LAST_MIN_ELEMENTS
 
 # %% ../../nbs/22_accel.ipynb #40245d15
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
@@ -38,13 +38,13 @@ def accelerate(model: nn.Module, # a model built by the model layer, on `device`
                device: torch.device | str,
                config, # a `SearchConfig` or `TrainConfig`: reads `accelerate`, `channels_last` and `channels`
                batch: int, # images per step in this process
-               image_size: int) -> bool: # side of the input images
+               cell_size: int) -> bool: # side of the first cells' inputs (`DatasetInfo.cell_size`)
     "Apply the speed-ups `config` asks for to `model`, in place and with the same sums; True if inputs go channels-last."
     device = torch.device(device)
     if config.accelerate and device.type == 'cpu':
         retain_freed_memory()  # reuse freed activations instead of page-faulting them in
         swap_depthwise_convs(model); swap_factorized_reduces(model); fuse_search_cells(model)
     layout = config.channels_last if config.channels_last is not None or config.accelerate else False
-    channels_last = prefer_channels_last(layout, device, batch, config.channels, image_size)
+    channels_last = prefer_channels_last(layout, device, batch, config.channels, cell_size)
     if channels_last: model.to(memory_format=torch.channels_last)
     return channels_last
