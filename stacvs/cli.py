@@ -260,7 +260,7 @@ def cmd_repro(args):
         if len(args.items) > 1: raise ValueError(f"`repro report` takes one batch directory, got {args.items}")
         out = Path(args.items[0] if args.items else args.out)
         if not out.is_dir(): raise ValueError(f"no batch directory {out}: give the --out of a `stacvs repro run`")
-        path = write_report(out); print(f"report: {path}"); return path
+        path = write_report(out, args.notebooks); print(f"report: {path}"); return path
     overrides = {k: _parse_value(v) for k, v in (p.split('=', 1) for p in args.param or [])}
     if args.seeds: overrides['seeds'] = args.seeds
     if args.device: overrides['device'] = args.device

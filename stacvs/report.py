@@ -6,12 +6,13 @@
 from __future__ import annotations
 import csv, json, os
 from pathlib import Path
-from .claims import VERDICTS
+from .claims import VERDICTS, evaluate_claims
+from .paper_values import item_values, read_item
 from .runs import atomic_write_text
 
 # %% auto #0
 __all__ = ['format_value', 'collect_results', 'report_rows', 'plot_paper_vs_measured', 'comparison_line', 'item_page',
-           'not_run_items', 'overview_lines', 'write_item_pages', 'write_report']
+           'not_run_items', 'overview_lines', 'write_item_pages', 'current_claims', 'changed_claims', 'write_report']
 
 # %% ../nbs/14e_report.ipynb #e6d10fe8
 def format_value(v) -> str:
@@ -75,6 +76,9 @@ def item_page(record: dict) -> str:
     item, profile = record['item'], record['profile']
     lines = [f"# {item}", '', f"Profile `{profile}` · wall time {_minutes(record.get('wall_seconds'))} · "
              f"claims: {_verdict_text(record)} · [all items](../report.md)", '']
+    changed = changed_claims(record)
+    if changed: lines += [f"{changed} claim(s) differ from those stored by the run: the data file's sentence or rule "
+                          "changed since; checked again here on the run's stored numbers (results.json keeps the run's).", '']
     claims = record.get('claims') or []
     if claims:
         lines += ['## Claims', '', '| claim | paper | measured | verdict |', '|---|---|---|---|']
@@ -123,11 +127,31 @@ def write_item_pages(out: Path, results: list[dict]) -> list[Path]:
         atomic_write_text(path, item_page(r)); paths.append(path)
     return paths
 
+# %% ../nbs/14e_report.ipynb #rp000006
+def current_claims(record: dict, # a results.json record
+                   notebooks: str | Path | None = None) -> list[dict]: # the items' data files (default: the package's)
+    "The record's claims checked again, on its stored numbers, with its item's data file as it is now."
+    try: data = read_item(record['item'], notebooks)
+    except ValueError: return record.get('claims') or []  # no data file here: the verdicts of the run
+    paper_item = (record.get('comparison') or [dict(item=record['item'])])[0]['item']  # the table it was compared with
+    values = item_values(paper_item, data if paper_item == record['item'] else read_item(paper_item, notebooks))
+    return evaluate_claims(record['item'], data.get('claims'), record.get('measured') or {}, record.get('extra'),
+                           {v.key: v.value for v in values})
+
+def changed_claims(record: dict) -> int:
+    "How many of the record's claims (sentence or verdict) differ from those its run stored (0: not checked again)."
+    if 'claims_at_run' not in record: return 0  # a record as its run wrote it
+    now, then = record.get('claims') or [], record['claims_at_run'] or []
+    return sum(a.get('claim') != b.get('claim') or a.get('verdict') != b.get('verdict') for a, b in zip(now, then)) \
+        + abs(len(now) - len(then))
+
 # %% ../nbs/14e_report.ipynb #40577d65
-def write_report(out: str | Path) -> Path:
+def write_report(out: str | Path,
+                 notebooks: str | Path | None = None) -> Path: # the items' data files (default: the package's)
     "Write OUT/report.md (overview of the claims, then each item), OUT/pages/<item>.md, report.csv and the chart."
     out = Path(out)
     results, failures = collect_results(out)
+    results = [dict(r, claims=current_claims(r, notebooks), claims_at_run=r.get('claims')) for r in results]
     not_run = not_run_items(out, {r['item'] for r in results})
     rows = report_rows(results)
     columns = ['item', 'key', 'unit', 'paper', 'paper_std', 'measured', 'difference', 'rough_check_within_2std', 'profile']

@@ -267,5 +267,5 @@ def run_batch(items, # item ids, or ['all']
                        run_item(item, profile, out, overrides, notebooks, overwrite=overwrite))
         lines(i, item_details(summary[-1]))  # where no bar is drawn (a file, a pipe): a line per item
     write_summary(out, summary)
-    write_report(out)
+    write_report(out, notebooks)
     return summary
