@@ -8,6 +8,7 @@ import json, random, warnings
 from pathlib import Path
 import matplotlib.pyplot as plt
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 from .spaces import SearchSpace, get_space, edge_inputs
 from .genotypes import CELL_TYPES, Genotype, make_genotype, get_genotype, count_ops
@@ -131,7 +132,8 @@ def seed_spread_table(results, # result dicts, or a dict group → list of value
     return rows
 
 # %% ../nbs/12a_experiments.ipynb #c24c4edf
-from .figures import PAGE_WIDTH, paper_style, new_figure, paper_fonts, axes_title, metric_label, integer_epochs
+from .figures import (PAGE_WIDTH, paper_style, new_figure, paper_fonts, axes_title, metric_label, integer_epochs,
+                            label_points)
 
 @paper_style
 def plot_seed_spread(groups, # dict group → values, or result dicts (grouped by `group`)
@@ -305,9 +307,9 @@ def plot_alpha_vs_accuracy(rows, # from `alpha_accuracy_rows`: op, alpha, test_a
     x, y = [r['alpha'] for r in rows], [r['test_acc'] for r in rows]
     if ax is None: _, ax = new_figure(3.5, 2.6)
     ax.errorbar(x, y, yerr=[r.get('test_acc_std', 0.) for r in rows], fmt='o', ms=4, capsize=2)
-    for r in rows: ax.annotate(r['op'], (r['alpha'], r['test_acc']), textcoords='offset points', xytext=(4, 4),
-                               fontsize=7)
     ax.margins(x=0.25, y=0.15)  # room for the labels
+    ax.xaxis.set_major_locator(MaxNLocator(4))  # α of nearby ops: few ticks, or their labels run into each other
+    label_points(ax, x, y, [r['op'] for r in rows])
     corr = alpha_accuracy_correlation(x, y) if len(rows) > 1 else None
     ax.set_xlabel('α (mixing weight)'); ax.set_ylabel('stand-alone test accuracy')
     paper_fonts(ax)

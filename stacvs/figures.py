@@ -15,8 +15,9 @@ from .spaces import SearchSpace, edge_inputs, get_space, space_from_dict
 
 # %% auto #0
 __all__ = ['COLUMN_WIDTH', 'PAGE_WIDTH', 'FONT_SIZES', 'paper_style', 'new_figure', 'integer_epochs', 'plain_numbers', 'wrapped',
-           'axes_title', 'paper_fonts', 'figure_title', 'legend_outside', 'op_styles', 'series_styles', 'run_label',
-           'metric_label', 'plot_curves', 'input_name', 'nodes_for_edges', 'plot_alpha_trajectories', 'RunFigures']
+           'axes_title', 'paper_fonts', 'figure_title', 'legend_outside', 'label_points', 'op_styles', 'series_styles',
+           'run_label', 'metric_label', 'plot_curves', 'input_name', 'nodes_for_edges', 'plot_alpha_trajectories',
+           'RunFigures']
 
 # %% ../nbs/07f_figures.ipynb #3832451e
 COLUMN_WIDTH = 3.5 # inches: one column of a two-column paper
@@ -81,6 +82,38 @@ def legend_outside(ax, # the axes whose lines are listed
     place = (dict(loc='upper left', bbox_to_anchor=(1.02, 1.0)) if where == 'right' else
              dict(loc='upper center', bbox_to_anchor=(0.5, -0.22), ncol=max(1, min(len(handles), 4))))
     return ax.legend(handles, labels, **{**place, 'frameon': False, 'borderaxespad': 0., **kwargs})
+
+# %% ../nbs/07f_figures.ipynb #16a1fd69
+def _label_offsets(fontsize: float, rows: int = 3) -> list[tuple[float, float]]:
+    "Places for a label, in points from its marker: right of it, one line up or down at a time, then the same on the left."
+    line = 1.3 * fontsize  # a line of text with its gap
+    dys = [dy for k in range(rows) for dy in (2 + k * line, 2 - (k + 1) * line)]
+    return [(dx, dy) for dx in (4, -4) for dy in dys]
+
+def _label_box(x: float, y: float, dx: float, dy: float, label: str, fontsize: float) -> tuple:
+    "A label's box in points (x0, y0, x1, y1), estimated from its length: text left of the point ends at it."
+    width, height = 0.6 * fontsize * len(label), 1.2 * fontsize
+    x0 = x + dx if dx >= 0 else x + dx - width
+    return x0, y + dy, x0 + width, y + dy + height
+
+def _overlaps(a: tuple, b: tuple) -> bool: return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+def label_points(ax, xs, ys, labels, # one label per point, in data coordinates
+                 fontsize: float = 7) -> list:
+    "Name each point beside it, at the first place inside the axes where its label covers no label placed before."
+    ax.get_xlim(); ax.get_ylim()  # autoscale now: the points' places on the page are final
+    to_points = ax.transData.transform(np.column_stack([xs, ys])) * 72 / ax.figure.dpi
+    frame = ax.get_window_extent().extents * 72 / ax.figure.dpi  # the axes, in points
+    inside = lambda b: frame[0] <= b[0] and frame[1] <= b[1] and b[2] <= frame[2] and b[3] <= frame[3]
+    placed, texts = [], []
+    for xy, (x, y), label in zip(zip(xs, ys), to_points, labels):
+        boxes = [(dx, dy, _label_box(x, y, dx, dy, label, fontsize)) for dx, dy in _label_offsets(fontsize)]
+        free = [b for b in boxes if not any(_overlaps(b[2], p) for p in placed)]
+        dx, dy, box = next((b for b in free if inside(b[2])), (free or boxes)[0])
+        placed.append(box)
+        texts.append(ax.annotate(label, xy, textcoords='offset points', xytext=(dx, dy), fontsize=fontsize,
+                                 ha='left' if dx >= 0 else 'right', va='bottom'))
+    return texts
 
 # %% ../nbs/07f_figures.ipynb #3082bd75
 _FAMILIES = (('sep_conv', '#1f77b4'), ('dil_conv', '#2ca02c'), ('pool', '#ff7f0e'), ('skip', '#7f7f7f'),
