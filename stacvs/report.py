@@ -4,11 +4,11 @@
 
 # %% ../nbs/14e_report.ipynb #4269acf9
 from __future__ import annotations
-import csv, json, os
+import csv, io, json
 from pathlib import Path
 from .claims import VERDICTS, evaluate_claims
 from .paper_values import item_values, read_item
-from .runs import atomic_write_text
+from .runs import atomic_write_bytes, atomic_write_text
 
 # %% auto #0
 __all__ = ['format_value', 'collect_results', 'report_rows', 'plot_paper_vs_measured', 'comparison_line', 'item_page',
@@ -155,9 +155,9 @@ def write_report(out: str | Path,
     not_run = not_run_items(out, {r['item'] for r in results})
     rows = report_rows(results)
     columns = ['item', 'key', 'unit', 'paper', 'paper_std', 'measured', 'difference', 'rough_check_within_2std', 'profile']
-    with open(out / 'report.csv.tmp', 'w', newline='') as f:
-        writer = csv.DictWriter(f, columns); writer.writeheader(); writer.writerows(rows)
-    os.replace(out / 'report.csv.tmp', out / 'report.csv')
+    table = io.StringIO(newline='')
+    writer = csv.DictWriter(table, columns); writer.writeheader(); writer.writerows(rows)
+    atomic_write_text(out / 'report.csv', table.getvalue())  # each file whole: two batches may share a directory
     lines = ['# stacvs reproduction report', '',
              f"{len(results)} item(s) complete, {len(failures)} failed, {len(not_run)} not run. Profiles: "
              f"{sorted({r['profile'] for r in results}) or '-'}. Smoke and quick profiles run far shorter protocols "
@@ -177,7 +177,9 @@ def write_report(out: str | Path,
                                         for f in failures]
     if rows:
         import matplotlib.pyplot as plt
-        fig = plot_paper_vs_measured(rows); fig.savefig(out / 'paper_vs_measured.png', dpi=120); plt.close(fig)
+        fig, png = plot_paper_vs_measured(rows), io.BytesIO()
+        fig.savefig(png, format='png', dpi=120); plt.close(fig)
+        atomic_write_bytes(out / 'paper_vs_measured.png', png.getvalue())
         lines.insert(4, '![paper vs measured](paper_vs_measured.png)\n')
     atomic_write_text(out / 'report.md', '\n'.join(lines) + '\n')
     return out / 'report.md'

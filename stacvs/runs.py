@@ -16,10 +16,11 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['RESUME_IGNORED', 'ADDED_SETTINGS', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'to_jsonable',
-           'seed_everything', 'get_rng_state', 'set_rng_state', 'option_name', 'check_number', 'check_choice',
-           'check_device', 'check_out_dir', 'resolve_device', 'versions', 'RunDir', 'RunOptions', 'restart_schedule',
-           'check_overridable', 'NonFiniteLossError', 'check_finite', 'check_finite_epoch', 'progress', 'evaluate']
+__all__ = ['RESUME_IGNORED', 'ADDED_SETTINGS', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'atomic_torch_save', 'to_jsonable', 'seed_everything', 'get_rng_state', 'set_rng_state', 'option_name',
+           'check_number', 'check_choice', 'check_device', 'check_out_dir', 'resolve_device', 'versions', 'RunDir',
+           'RunOptions', 'restart_schedule', 'check_overridable', 'NonFiniteLossError', 'check_finite',
+           'check_finite_epoch', 'progress', 'evaluate']
 
 # %% ../nbs/07a_runs.ipynb #16d7ca29
 def _temporary_beside(path: Path) -> tuple[int, Path]:
@@ -30,7 +31,7 @@ def _temporary_beside(path: Path) -> tuple[int, Path]:
         except FileExistsError: continue
     raise FileExistsError(f"could not create a temporary file next to {path}")
 
-def _atomic_write_bytes(path, data: bytes) -> Path:
+def atomic_write_bytes(path, data: bytes) -> Path:
     "Write `data` to `path` through a temporary file in the same directory and a rename."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temporary_beside(path)
@@ -47,7 +48,7 @@ def _atomic_write_bytes(path, data: bytes) -> Path:
 def atomic_write_text(path, # the file to (over)write
                       text: str) -> Path:
     "Write `text` to `path` atomically."
-    return _atomic_write_bytes(path, text.encode())
+    return atomic_write_bytes(path, text.encode())
 
 def atomic_write_json(path, # the file to (over)write
                       obj) -> Path: # anything `to_jsonable` understands; NaN and ±inf are written as null
@@ -58,7 +59,7 @@ def atomic_torch_save(obj, # anything `torch.save` can pickle
                       path) -> Path:
     "`torch.save(obj, path)` atomically."
     buffer = io.BytesIO(); torch.save(obj, buffer)
-    return _atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_bytes(path, buffer.getvalue())
 
 # %% ../nbs/07a_runs.ipynb #8095eb2b
 def to_jsonable(obj):
@@ -219,7 +220,7 @@ def save_checkpoint(self: RunDir, state: dict) -> Path:
     "Write `state` as checkpoint.pt, keeping the previous checkpoint as checkpoint.prev.pt."
     buffer = io.BytesIO(); torch.save(state, buffer)  # a state that cannot be saved fails before any file changes
     if self.has_checkpoint: self._keep_previous_checkpoint()
-    return _atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+    return atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
 
 @patch
 def load_checkpoint(self: RunDir) -> dict:
